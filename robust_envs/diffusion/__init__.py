@@ -1,0 +1,18 @@
+"""Diffusion backend: noise schedules, the DDIM step with per-sample sigma, the timestep attack, loading."""
+
+from robust_envs.diffusion.attack import ATTACKS, TimestepAttack
+from robust_envs.diffusion.models import EMBEDDED_UNET, NoiseModel, load_noise_model
+from robust_envs.diffusion.schedule import DDIMStepOutput, NoiseSchedule, ddim_step, model_timestep, predict_x0
+
+__all__ = [
+    "ATTACKS",
+    "EMBEDDED_UNET",
+    "DDIMStepOutput",
+    "NoiseModel",
+    "NoiseSchedule",
+    "TimestepAttack",
+    "ddim_step",
+    "load_noise_model",
+    "model_timestep",
+    "predict_x0",
+]

@@ -1,0 +1,1 @@
+"""The environments; each module holds a single env and its natively batched VectorEnv."""
