@@ -1,11 +1,40 @@
 """Input-space attacks on classifiers and robust-evaluation helpers.
 
-Attacks come from torchattacks (Kim 2020, https://github.com/Harry24k/adversarial-attacks-pytorch),
-which handles eval mode and the [0, 1] input range. Images are ``(N, C, H, W)`` float in [0, 1].
+Most attacks come from torchattacks 3.3 (Kim 2020, https://github.com/Harry24k/adversarial-attacks-pytorch),
+which handles eval mode and the [0, 1] input range; AutoAttack is assembled from torchattacks' components
+with the reference settings (:mod:`robust_envs.attacks.autoattack`); the margin-loss PGD ("C&W") and the
+L1 attack SLIDE are implemented here. Images are ``(N, C, H, W)`` float in [0, 1].
 """
 
 from __future__ import annotations
 
-from robust_envs.attacks.core import ATTACK_NAMES, correct_under_attack, make_attack
+from robust_envs.attacks.autoattack import autoattack_standard
+from robust_envs.attacks.core import (
+    ATTACK_NAMES,
+    ATTACK_NORMS,
+    correct_under_attack,
+    make_attack,
+    perturbation_norm,
+)
+from robust_envs.attacks.margin_pgd import MarginPGD, margin_loss
+from robust_envs.attacks.radii import RADII, ThreatRadii, radii_for
+from robust_envs.attacks.slide import SLIDE, project_l1_ball
+from robust_envs.attacks.suite import AttackSpec, protocol_suite
 
-__all__ = ["ATTACK_NAMES", "correct_under_attack", "make_attack"]
+__all__ = [
+    "ATTACK_NAMES",
+    "ATTACK_NORMS",
+    "RADII",
+    "SLIDE",
+    "AttackSpec",
+    "MarginPGD",
+    "ThreatRadii",
+    "autoattack_standard",
+    "correct_under_attack",
+    "make_attack",
+    "margin_loss",
+    "perturbation_norm",
+    "project_l1_ball",
+    "protocol_suite",
+    "radii_for",
+]

@@ -1,0 +1,526 @@
+"""Leaderboard runner: methods x data sets x seeds -> one JSON per entry -> tables and a plot in docs/.
+
+Usage::
+
+    python -m benchmarks.leaderboard run --methods standard pgd_at trades --datasets fashion_mnist --seeds 0 1 2
+    python -m benchmarks.leaderboard tables          # regenerate docs/leaderboard.{md,csv,png} from the JSONs
+
+Each entry trains the method (or reuses a finished checkpoint with the same training config), evaluates it
+with :mod:`benchmarks.evaluate`, and writes ``<results>/<dataset>/<method>_seed<seed>.json`` atomically
+(temporary file + ``os.replace``). A run that is interrupted and started again skips every entry whose
+JSON already exists with the same fingerprint (training config + protocol), so no finished entry is lost.
+Entries run locally in order (``--engine local``, default; ``--workers N`` for N local processes) or as
+Ray tasks (``--engine ray``; install the ``ray`` extra; ``--ray-address`` joins an existing cluster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
+from benchmarks.trainers import TRAINERS, get_trainer
+from robust_envs.attacks import radii_for
+from robust_envs.classifiers import make_classifier
+from robust_envs.data import load_dataset
+
+__all__ = [
+    "EntrySpec",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "build_tables",
+    "load_results",
+    "main",
+    "run_entry",
+    "run_leaderboard",
+]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_VERSION = 1
+#: Table columns: (JSON path, header). Accuracies are in percent in the tables.
+COLUMNS: list[tuple[str, str]] = [
+    ("clean_acc", "Clean"),
+    ("attack_acc.fgsm", "FGSM"),
+    ("attack_acc.pgd20", "PGD-20"),
+    ("attack_acc.pgd100", "PGD-100"),
+    ("attack_acc.mim20", "MIM-20"),
+    ("attack_acc.cw30", "C&W"),
+    ("attack_acc.square", "Square"),
+    ("autoattack_acc", "AutoAttack"),
+    ("robust_acc", "A_rob"),
+    ("norm_acc.L2", "L2"),
+    ("norm_acc.L1", "L1"),
+    ("union_acc", "Union"),
+    ("average_acc", "Avg"),
+]
+
+
+# ----------------------------------------------------------------------------------------------- atomic I/O
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """:func:`atomic_write_bytes` of ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------------------------- entries
+@dataclass(frozen=True)
+class EntrySpec:
+    """One leaderboard entry to produce.
+
+    Attributes:
+        method: key of :data:`benchmarks.trainers.TRAINERS`.
+        dataset: data set name.
+        seed: training seed.
+        results_dir: root of the result JSONs.
+        checkpoint_dir: root of the model checkpoints.
+        train_overrides: fields overriding the method's config (e.g. ``{"epochs": 1}``).
+        eval_config: :class:`EvalConfig` as a dict.
+        threads: torch intra-op threads for this entry (1 avoids oversubscription on shared CPUs).
+    """
+
+    method: str
+    dataset: str
+    seed: int
+    results_dir: str
+    checkpoint_dir: str
+    train_overrides: tuple[tuple[str, Any], ...] = ()
+    eval_config: tuple[tuple[str, Any], ...] = ()
+    threads: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.method}_seed{self.seed}"
+
+    def result_path(self) -> Path:
+        return Path(self.results_dir) / self.dataset / f"{self.method}_seed{self.seed}.json"
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir) / self.dataset / f"{self.method}_seed{self.seed}.pt"
+
+    def train_config(self) -> Any:
+        return get_trainer(self.method).default_config(self.dataset, **dict(self.train_overrides))
+
+    def eval_cfg(self) -> EvalConfig:
+        return EvalConfig(**dict(self.eval_config))
+
+    def train_fingerprint(self) -> str:
+        payload = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
+                   "config": self.train_config().to_dict()}  # fmt: skip
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the entry: training config and protocol settings."""
+        payload = {"train": self.train_fingerprint(), "eval": dataclasses.asdict(self.eval_cfg()),
+                   "radii": dataclasses.asdict(radii_for(self.dataset)), "schema": SCHEMA_VERSION}  # fmt: skip
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def is_done(self) -> bool:
+        """True when a result JSON with this entry's fingerprint exists."""
+        path = self.result_path()
+        if not path.is_file():
+            return False
+        try:
+            return json.loads(path.read_text()).get("fingerprint") == self.fingerprint()
+        except (OSError, json.JSONDecodeError):
+            return False
+
+
+def _git_commit() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                                    capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def _versions() -> dict[str, str]:
+    import matplotlib
+    import torchattacks
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "torchattacks": torchattacks.__version__, "numpy": np.__version__,
+            "matplotlib": matplotlib.__version__}  # fmt: skip
+
+
+def _hardware(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"device": "cpu", "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads,
+            "platform": platform.platform()}  # fmt: skip
+
+
+def _train_or_load(spec: EntrySpec, device: torch.device) -> tuple[torch.nn.Module, float, bool]:
+    """The trained model, its training time in seconds, and whether it was reused from a checkpoint."""
+    trainer_cls = get_trainer(spec.method)
+    config = spec.train_config()
+    train = load_dataset(spec.dataset, "train")
+    ckpt = spec.checkpoint_path()
+    if ckpt.is_file():
+        blob = torch.load(ckpt, map_location=device, weights_only=False)
+        if blob.get("train_fingerprint") == spec.train_fingerprint():
+            _, c, h, _ = train.images.shape
+            model = make_classifier(config.architecture, in_channels=c, num_classes=train.num_classes, image_size=h)
+            model.load_state_dict(blob["state_dict"])
+            return model.to(device).eval(), float(blob["train_time_s"]), True
+        logger.warning("checkpoint %s has another training config; retraining", ckpt)
+    t0 = time.perf_counter()
+    model = trainer_cls(config).train(train, seed=spec.seed, device=device)
+    train_time = time.perf_counter() - t0
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "train_fingerprint": spec.train_fingerprint(),
+                "train_time_s": train_time, "method": spec.method, "dataset": spec.dataset, "seed": spec.seed,
+                "config": config.to_dict()}, buf)  # fmt: skip
+    atomic_write_bytes(ckpt, buf.getvalue())
+    return model, train_time, False
+
+
+def run_entry(spec: EntrySpec) -> dict[str, Any]:
+    """Train (or reuse) and evaluate one entry, write its JSON atomically, and return the record.
+
+    Raises:
+        ValueError: on an unknown method or data set (from the registries).
+        robust_envs.data.DatasetNotFoundError: when the data set is not on disk.
+    """
+    torch.set_num_threads(spec.threads)
+    device = torch.device("cpu")
+    model, train_time, reused = _train_or_load(spec, device)
+    test = load_dataset(spec.dataset, "test")
+    cfg = spec.eval_cfg()
+    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
+    t0 = time.perf_counter()
+    result = evaluate(model, subset, spec.dataset, cfg, n_classes=test.num_classes)
+    eval_time = time.perf_counter() - t0
+    trainer_cls = get_trainer(spec.method)
+    config = spec.train_config()
+    radii = radii_for(spec.dataset)
+    ckpt = spec.checkpoint_path()
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "fingerprint": spec.fingerprint(),
+        "method": spec.method,
+        "paper": trainer_cls.paper,
+        "dataset": spec.dataset,
+        "architecture": config.architecture,
+        "seed": spec.seed,
+        "epochs": config.epochs,
+        "train_config": config.to_dict(),
+        "threat_models": {"Linf": radii.eps_linf, "L2": radii.eps_l2, "L1": radii.eps_l1, "source": radii.source},
+        **result.summary(),
+        "subset_seed": cfg.subset_seed,
+        "eval_config": dataclasses.asdict(cfg),
+        "train_time_s": train_time,
+        "eval_time_s": eval_time,
+        "checkpoint_reused": reused,
+        "checkpoint": {"path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
+                       "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()},  # fmt: skip
+        "hardware": _hardware(spec.threads),
+        "library_versions": _versions(),
+        "git": _git_commit(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(spec.result_path(), record)
+    return record
+
+
+def _run_entry_ray(spec: EntrySpec) -> dict[str, Any]:
+    return run_entry(spec)
+
+
+def run_leaderboard(
+    specs: Sequence[EntrySpec], engine: str = "local", workers: int = 1, ray_address: str | None = None
+) -> list[str]:
+    """Run every entry not yet done; return the names of the entries run now.
+
+    Args:
+        specs: entries to produce.
+        engine: ``"local"`` (this process, or ``workers`` local processes) or ``"ray"``.
+        workers: local processes (``engine="local"``), >= 1.
+        ray_address: Ray cluster address (None: start or join a local instance).
+
+    Raises:
+        ValueError: on an unknown engine or ``workers < 1``.
+        ImportError: for ``engine="ray"`` without ray installed (``pip install 'robust-envs[ray]'``).
+    """
+    from tqdm import tqdm
+
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    todo = [s for s in specs if not s.is_done()]
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="leaderboard", unit="entry", file=sys.stderr)
+    done: list[str] = []
+    try:
+        if engine == "ray":
+            try:
+                import ray
+            except ImportError as err:
+                raise ImportError("engine='ray' needs ray: pip install 'robust-envs[ray]'") from err
+            if not ray.is_initialized():
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+            remote = ray.remote(num_cpus=1)(_run_entry_ray)
+            pending = {remote.remote(s): s for s in todo}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(ready[0])
+                ray.get(ready[0])
+                done.append(spec.name)
+                bar.set_postfix_str(spec.name)
+                bar.update(1)
+        elif workers == 1:
+            for spec in todo:
+                bar.set_postfix_str(spec.name)
+                run_entry(spec)
+                done.append(spec.name)
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = {pool.submit(run_entry, s): s for s in todo}
+                for fut in as_completed(futures):
+                    fut.result()
+                    done.append(futures[fut].name)
+                    bar.set_postfix_str(futures[fut].name)
+                    bar.update(1)
+    finally:
+        bar.close()
+    return done
+
+
+# ----------------------------------------------------------------------------------------------- tables
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """All result records under ``results_dir`` (``<dataset>/<method>_seed<k>.json``), sorted by name."""
+    return [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*/*.json"))]
+
+
+def _get(record: dict[str, Any], path: str) -> float | None:
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return None if value is None else float(value)
+
+
+def _groups(records: list[dict[str, Any]]) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    order = {m: i for i, m in enumerate(TRAINERS)}
+    keys = sorted({(r["dataset"], r["method"]) for r in records}, key=lambda k: (k[0], order.get(k[1], 99), k[1]))
+    for dataset, method in keys:
+        yield dataset, method, sorted([r for r in records if (r["dataset"], r["method"]) == (dataset, method)],
+                                      key=lambda r: r["seed"])  # fmt: skip
+
+
+def _stats(values: list[float | None]) -> tuple[float, float] | None:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
+    """Generate ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png`` in ``docs_dir`` from the JSONs.
+
+    Accuracies are reported in percent as mean +- sample standard deviation (ddof = 1) over seeds.
+
+    Raises:
+        FileNotFoundError: when ``results_dir`` holds no result.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = load_results(results_dir)
+    if not records:
+        raise FileNotFoundError(f"no result JSON under {results_dir}/<dataset>/*.json; run the leaderboard first")
+    groups = list(_groups(records))
+    rows: list[dict[str, Any]] = []
+    for dataset, method, recs in groups:
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "paper": recs[0]["paper"],
+                               "architecture": recs[0]["architecture"], "seeds": len(recs),
+                               "epochs": recs[0]["epochs"], "n_eval": recs[0]["n_eval"],
+                               "n_autoattack": recs[0]["n_autoattack"]}  # fmt: skip
+        for path, header in COLUMNS:
+            st = _stats([_get(r, path) for r in recs])
+            row[header] = None if st is None else (100 * st[0], 100 * st[1])
+        tt = _stats([r["train_time_s"] for r in recs])
+        row["train_time_s"] = tt
+        row["masking_flags"] = sum(bool(r["masking"]["any"]) for r in recs)
+        rows.append(row)
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    # Markdown
+    out = io.StringIO()
+    out.write("# Leaderboard\n\nGenerated by `python -m benchmarks.leaderboard tables` from "
+              f"`{os.path.relpath(results_dir, REPO_ROOT) if Path(results_dir).is_absolute() else results_dir}`; "
+              "do not edit by hand. Accuracies in %, mean +- std over seeds (ddof = 1). "
+              "A_rob: per-point worst case over all Linf attacks; L2, L1: per-point worst case in that norm; "
+              "Union: worst case over all norms; Avg: mean of Linf (A_rob), L2 and L1. "
+              "Masking: entries with any gradient-masking flag.\n")  # fmt: skip
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        drows = [r for r in rows if r["dataset"] == dataset]
+        radii = next(rec["threat_models"] for rec in records if rec["dataset"] == dataset)
+        first = next(rec for rec in records if rec["dataset"] == dataset)
+        out.write(f"\n## {dataset}\n\nRadii: Linf {radii['Linf']:.4g}, L2 {radii['L2']:.4g}, L1 {radii['L1']:.4g} "
+                  f"({radii['source']}). Evaluation: {first['n_eval']} seeded test points, AutoAttack on "
+                  f"{first['n_autoattack']}; Square black-box check with "
+                  f"{first['attacks']['square']['options'].get('n_queries')} queries.\n\n")  # fmt: skip
+        headers = ["Method", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)", "Masking"]
+        out.write("| " + " | ".join(headers) + " |\n")
+        out.write("|" + "|".join(["---"] * 4 + ["---:"] * (len(COLUMNS) + 1) + ["---"]) + "|\n")
+        for r in drows:
+            cells = [r["method"], r["architecture"], str(r["seeds"]), str(r["epochs"])]
+            cells += ["-" if r[h] is None else f"{r[h][0]:.1f} +- {r[h][1]:.1f}" for _, h in COLUMNS]
+            tt = r["train_time_s"]
+            cells.append(f"{tt[0]:.0f} +- {tt[1]:.0f}")
+            cells.append(f"{r['masking_flags']}/{r['seeds']}")
+            out.write("| " + " | ".join(cells) + " |\n")
+        out.write("\nMethods: " + "; ".join(f"`{r['method']}`: {r['paper']}" for r in drows) + ".\n")
+    out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
+    paths = {"md": docs_dir / "leaderboard.md", "csv": docs_dir / "leaderboard.csv", "png": docs_dir / "leaderboard.png"}
+    atomic_write_bytes(paths["md"], out.getvalue().encode())
+    # CSV
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    head = ["dataset", "method", "architecture", "seeds", "epochs", "n_eval", "n_autoattack"]
+    for _, h in COLUMNS:
+        head += [f"{h}_mean", f"{h}_std"]
+    writer.writerow(head + ["train_time_s_mean", "train_time_s_std", "masking_flags"])
+    for r in rows:
+        line = [r[k] for k in head[:7]]
+        for _, h in COLUMNS:
+            line += ["" if r[h] is None else f"{r[h][0]:.2f}", "" if r[h] is None else f"{r[h][1]:.2f}"]
+        writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"]])
+    atomic_write_bytes(paths["csv"], buf.getvalue().encode())
+    # Plot: clean vs robust per method, one panel per data set
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        for r in [r for r in rows if r["dataset"] == dataset]:
+            for key, marker, label in (("AutoAttack", "o", "AutoAttack"), ("A_rob", "s", "A_rob"),
+                                       ("Union", "^", "union")):  # fmt: skip
+                if r[key] is None:
+                    continue
+                ax.errorbar(r["Clean"][0], r[key][0], xerr=r["Clean"][1], yerr=r[key][1], fmt=marker,
+                            capsize=3, label=f"{r['method']} ({label})")  # fmt: skip
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Clean vs robust accuracy (mean +- std over seeds)")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(paths["png"], png.getvalue())
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--train-override expects FIELD=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key] = json.loads(value) if value not in ("None", "none") else None
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.leaderboard", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train / evaluate entries, then regenerate the tables")
+    run.add_argument("--methods", nargs="+", default=list(TRAINERS), help=f"from {sorted(TRAINERS)}")
+    run.add_argument("--datasets", nargs="+", default=["fashion_mnist"])
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    run.add_argument("--n-eval", type=int, default=1000, help="evaluation subset size (0: full test set)")
+    run.add_argument("--n-autoattack", type=int, default=None, help="AutoAttack on the first N subset points")
+    run.add_argument("--square-queries", type=int, default=5000)
+    run.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (quick tests only)")
+    run.add_argument("--train-override", nargs="*", default=[], metavar="FIELD=VALUE",
+                     help="override training config fields for every method, e.g. epochs=1")  # fmt: skip
+    run.add_argument("--engine", choices=["local", "ray"], default="local")
+    run.add_argument("--workers", type=int, default=1, help="local processes (engine local)")
+    run.add_argument("--ray-address", default=None)
+    run.add_argument("--threads", type=int, default=1, help="torch threads per entry")
+    run.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    run.add_argument("--checkpoint-dir", default=str(REPO_ROOT / "benchmarks" / "checkpoints"))
+    run.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    run.add_argument("--no-tables", action="store_true")
+    tab = sub.add_parser("tables", help="regenerate the tables and plot from the result JSONs")
+    tab.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    tab.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "run":
+        for m in args.methods:
+            get_trainer(m)
+        eval_cfg = EvalConfig(
+            n_eval=args.n_eval or None, n_autoattack=args.n_autoattack, square_queries=args.square_queries,
+            autoattack=not args.no_autoattack,
+        )  # fmt: skip
+        overrides = tuple(sorted(_parse_overrides(args.train_override).items()))
+        specs = [
+            EntrySpec(method=m, dataset=d, seed=s, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
+                      train_overrides=overrides, eval_config=tuple(dataclasses.asdict(eval_cfg).items()),
+                      threads=args.threads)  # fmt: skip
+            for d in args.datasets for s in args.seeds for m in args.methods
+        ]
+        t0 = time.perf_counter()
+        ran = run_leaderboard(specs, engine=args.engine, workers=args.workers, ray_address=args.ray_address)
+        print(f"ran {len(ran)} entries ({len(specs) - len(ran)} already done) in {time.perf_counter() - t0:.0f}s")
+    if args.command == "tables" or not args.no_tables:
+        paths = build_tables(Path(args.results_dir), Path(args.docs_dir))
+        print("wrote " + ", ".join(str(v) for v in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
