@@ -51,6 +51,7 @@ def crossing(eps: list[float], acc: list[float], level: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--n-eval", type=int, default=500)

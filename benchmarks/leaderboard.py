@@ -126,21 +126,27 @@ class EntrySpec:
 
     @property
     def name(self) -> str:
+        """``<dataset>/<method>_seed<seed>``."""
         return f"{self.dataset}/{self.method}_seed{self.seed}"
 
     def result_path(self) -> Path:
+        """Where the entry's JSON goes."""
         return Path(self.results_dir) / self.dataset / f"{self.method}_seed{self.seed}.json"
 
     def checkpoint_path(self) -> Path:
+        """Where the trained model's checkpoint goes."""
         return Path(self.checkpoint_dir) / self.dataset / f"{self.method}_seed{self.seed}.pt"
 
     def train_config(self) -> Any:
+        """The method's config on this data set with the overrides applied."""
         return get_trainer(self.method).default_config(self.dataset, **dict(self.train_overrides))
 
     def eval_cfg(self) -> EvalConfig:
+        """The :class:`EvalConfig` of this entry."""
         return EvalConfig(**dict(self.eval_config))
 
     def train_fingerprint(self) -> str:
+        """Hash of what determines the trained model (method, data set, seed, training config)."""
         payload = {"method": self.method, "dataset": self.dataset, "seed": self.seed,
                    "config": self.train_config().to_dict()}  # fmt: skip
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -68,12 +68,14 @@ class StandardTrainer(Trainer):
     config_cls: ClassVar[type[TrainConfig]] = TrainConfig
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``model(images)``; images ``(B, C, H, W)`` in [0, 1], labels ``(B,)``."""
         return F.cross_entropy(model(images), labels)
 
 
 class PGDATTrainer(Trainer):
-    """PGD adversarial training (Madry et al., ICLR 2018, "Towards Deep Learning Models Resistant to
-    Adversarial Attacks", Eq. 2.1): ``min_theta E[max_{||delta||_inf <= eps} CE(f(x + delta), y)]`` with
+    """PGD adversarial training (Madry et al., ICLR 2018).
+
+    Paper: "Towards Deep Learning Models Resistant to Adversarial Attacks", Eq. 2.1: ``min_theta E[max_{||delta||_inf <= eps} CE(f(x + delta), y)]`` with
     the inner max solved by PGD with uniform random start (torchattacks.PGD, model in eval mode).
 
     CIFAR-10 preset: eps 8/255, 10 steps of 2/255 (Madry et al. use 7 steps of 2/255; 10 steps as in
@@ -90,6 +92,7 @@ class PGDATTrainer(Trainer):
     }
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy on PGD adversarial images; images ``(B, C, H, W)`` in [0, 1], labels ``(B,)``."""
         cfg = self.config
         assert isinstance(cfg, AdvConfig)
         attack = torchattacks.PGD(model, eps=cfg.eps_linf, alpha=cfg.attack_alpha, steps=cfg.attack_steps,
@@ -100,8 +103,9 @@ class PGDATTrainer(Trainer):
 
 
 class TRADESTrainer(Trainer):
-    """TRADES (Zhang et al., ICML 2019, "Theoretically Principled Trade-off between Robustness and
-    Accuracy", Eq. 5 and Alg. 1):
+    """TRADES (Zhang et al., ICML 2019).
+
+    Paper: "Theoretically Principled Trade-off between Robustness and Accuracy", Eq. 5 and Alg. 1:
     ``CE(f(x), y) + beta * max_{||x' - x||_inf <= eps} KL(softmax f(x) || softmax f(x'))``, the inner
     max by sign-gradient ascent on the KL from ``x + 0.001 N(0, I)`` (torchattacks.TPGD, eval mode);
     KL summed over classes and averaged over the batch, as the reference code.
@@ -121,6 +125,7 @@ class TRADESTrainer(Trainer):
     }
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """TRADES objective (Eq. 5); images ``(B, C, H, W)`` in [0, 1], labels ``(B,)``."""
         cfg = self.config
         assert isinstance(cfg, TRADESConfig)
         attack = torchattacks.TPGD(model, eps=cfg.eps_linf, alpha=cfg.attack_alpha, steps=cfg.attack_steps)

@@ -53,6 +53,8 @@ def make_attack(
         steps: iterations of iterative attacks (ignored by FGSM and Square).
         alpha: step size (default ``2.5 * eps / steps``, Madry et al. 2018; MIM: ``eps / steps``).
         seed: seed of AutoAttack and Square (PGD-type random starts draw from torch's global generator).
+        **kwargs: attack-specific options named above (``q``, ``random_start``, ``n_classes``,
+            ``square_queries``, ``n_queries``).
 
     Raises:
         ValueError: on an unknown name (listing :data:`ATTACK_NAMES`), a Linf eps outside [0, 1], a

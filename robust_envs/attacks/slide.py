@@ -49,8 +49,10 @@ def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class SLIDE(torchattacks.attack.Attack):
-    r"""Sparse L1 Descent attack (Tramer & Boneh, NeurIPS 2019, "Adversarial Training and Robustness for
-    Multiple Perturbations", Sec. 3 / App. D; https://github.com/ftramer/MultiRobustness).
+    r"""Sparse L1 Descent attack, SLIDE (Tramer & Boneh, NeurIPS 2019).
+
+    Paper: "Adversarial Training and Robustness for Multiple Perturbations", Sec. 3 / App. D.
+    Code: https://github.com/ftramer/MultiRobustness (reference implementation).
 
     Each step keeps only the coordinates whose absolute gradient lies at or above the ``q``-quantile
     (after zeroing coordinates the box [0, 1] blocks), takes their signs, scales the direction to unit L1
@@ -92,6 +94,7 @@ class SLIDE(torchattacks.attack.Attack):
         self.supported_mode = ["default"]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial images ``(N, C, H, W)`` in [0, 1] for ``images`` and ``labels`` ``(N,)``."""
         images = images.clone().detach().to(self.device)
         labels = labels.clone().detach().to(self.device)
         n = images.shape[0]
