@@ -14,6 +14,10 @@ A directory qualifies when it holds the four IDX files (``train-images-idx3-ubyt
 ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``), gzipped or not,
 directly or under ``raw/`` (torchvision's layout).
 
+CIFAR-10 (Krizhevsky 2009, 50,000 / 10,000 colour images of 32 x 32) is read from the python-pickle batches
+(``cifar-10-batches-py/``) in: an explicit ``root``; ``$ROBUST_ENVS_DATA`` (or its ``cifar-10-batches-py/``);
+``~/.cache/robust_envs/cifar10``; torchvision's downloader with ``download=True``.
+
 scikit-learn's bundled 8 x 8 ``digits`` (1,797 images) are available as ``dataset="digits"`` for fast
 tests; their split is a fixed, seeded 80/20 partition.
 """
@@ -35,13 +39,15 @@ __all__ = [
     "DATASETS",
     "DatasetNotFoundError",
     "ImageSplit",
+    "find_cifar10",
     "find_fashion_mnist",
+    "load_cifar10",
     "load_dataset",
     "load_fashion_mnist",
 ]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DATASETS = ("fashion_mnist", "digits")
+DATASETS = ("fashion_mnist", "cifar10", "digits")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -210,6 +216,92 @@ def load_fashion_mnist(
     return _load_fashion_mnist_cached(str(directory), split)
 
 
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+_CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+def _cifar_dir(directory: Path) -> Path | None:
+    for sub in (directory, directory / "cifar-10-batches-py"):
+        if all((sub / f).is_file() for files in _CIFAR_FILES.values() for f in files):
+            return sub
+    return None
+
+
+def find_cifar10(root: str | os.PathLike[str] | None = None, download: bool = False) -> Path:
+    """Return the directory holding CIFAR-10's python batches (``data_batch_1..5``, ``test_batch``).
+
+    Args:
+        root: directory to use first; when given and it lacks the files, the search stops with an error.
+        download: let torchvision download the data into ``~/.cache/robust_envs/cifar10`` as a last resort.
+
+    Raises:
+        DatasetNotFoundError: naming every place searched and how to get the data.
+    """
+    cache = Path.home() / ".cache" / "robust_envs" / "cifar10"
+    candidates = [Path(root)] if root is not None else []
+    if root is None:
+        env = os.environ.get("ROBUST_ENVS_DATA")
+        if env:
+            candidates += [Path(env), Path(env) / "cifar10"]
+        candidates.append(cache)
+    tried: list[str] = []
+    for directory in candidates:
+        tried.append(str(directory))
+        found = _cifar_dir(directory)
+        if found is not None:
+            return found
+    if download and root is None:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(cache), train=True, download=True)
+        except Exception as err:  # noqa: BLE001 - any network failure means "not available online"
+            tried.append(f"torchvision download into {cache} (failed: {err.__class__.__name__}: {err})")
+        else:
+            found = _cifar_dir(cache)
+            if found is not None:
+                return found
+    raise DatasetNotFoundError(
+        "CIFAR-10 not found. Looked in (for cifar-10-batches-py/ with data_batch_1..5 and test_batch): "
+        + "; ".join(tried)
+        + ". Get it with one of: put the extracted cifar-10-python.tar.gz in a directory and pass root=... or "
+        "set ROBUST_ENVS_DATA; or call with download=True on a machine online."
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cifar10_cached(directory: str, split: str) -> ImageSplit:
+    import pickle
+
+    images, labels = [], []
+    for name in _CIFAR_FILES[split]:
+        with open(Path(directory) / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return ImageSplit(
+        images=torch.from_numpy(np.concatenate(images)),
+        labels=torch.from_numpy(np.concatenate(labels)),
+        classes=CIFAR10_CLASSES,
+    )
+
+
+def load_cifar10(
+    split: Split = "train", root: str | os.PathLike[str] | None = None, download: bool = False
+) -> ImageSplit:
+    """Load a CIFAR-10 split: images ``(N, 3, 32, 32)`` uint8, labels ``(N,)`` int64 (N = 50,000 / 10,000).
+
+    Raises:
+        ValueError: on an unknown split.
+        DatasetNotFoundError: when no location holds the data.
+    """
+    if split not in _CIFAR_FILES:
+        raise ValueError(f"split must be one of {tuple(_CIFAR_FILES)}, got {split!r}")
+    return _load_cifar10_cached(str(find_cifar10(root, download=download)), split)
+
+
 @functools.lru_cache(maxsize=2)
 def _load_digits(split: str) -> ImageSplit:
     from sklearn.datasets import load_digits
@@ -236,19 +328,21 @@ def load_dataset(
     """Load a data set split by name.
 
     Args:
-        name: one of :data:`DATASETS` (``"fashion_mnist"``, ``"digits"``).
+        name: one of :data:`DATASETS` (``"fashion_mnist"``, ``"cifar10"``, ``"digits"``).
         split: ``"train"`` or ``"test"``.
-        root: explicit directory for Fashion-MNIST.
-        download: allow torchvision's downloader for Fashion-MNIST.
+        root: explicit directory for Fashion-MNIST / CIFAR-10.
+        download: allow torchvision's downloader for Fashion-MNIST / CIFAR-10.
 
     Raises:
         ValueError: on an unknown data set name or split.
-        DatasetNotFoundError: when Fashion-MNIST is missing.
+        DatasetNotFoundError: when Fashion-MNIST or CIFAR-10 is missing.
     """
     if split not in _FILES:
         raise ValueError(f"split must be one of {tuple(_FILES)}, got {split!r}")
     if name == "fashion_mnist":
         return load_fashion_mnist(split, root=root, download=download)
+    if name == "cifar10":
+        return load_cifar10(split, root=root, download=download)
     if name == "digits":
         return _load_digits(split)
     raise ValueError(f"unknown dataset {name!r}; valid: {DATASETS}")
