@@ -87,6 +87,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -309,7 +310,10 @@ def run_leaderboard(
             except ImportError as err:
                 raise ImportError("engine='ray' needs ray: pip install 'robust-envs[ray]'") from err
             if not ray.is_initialized():
-                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False)
+                # a local instance's workers import this checkout; a cluster needs robust-envs installed on its nodes
+                path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+                runtime_env = None if ray_address else {"env_vars": {"PYTHONPATH": path}}
+                ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
             remote = ray.remote(num_cpus=1)(_run_entry_ray)
             pending = {remote.remote(s): s for s in todo}
             while pending:
