@@ -234,7 +234,15 @@ def run_entry(spec: EntrySpec) -> dict[str, Any]:
         ValueError: on an unknown method or data set (from the registries).
         robust_envs.data.DatasetNotFoundError: when the data set is not on disk.
     """
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(spec.threads)
+    try:
+        return _run_entry(spec)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     device = torch.device("cpu")
     model, train_time, reused = _train_or_load(spec, device)
     test = load_dataset(spec.dataset, "test")

@@ -79,6 +79,7 @@ class ImageSplit:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes, ``len(classes)``."""
         return len(self.classes)
 
     def __len__(self) -> int:

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import leaderboard
+from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
+from benchmarks.trainers import TRAINERS, PGDATTrainer, TRADESConfig, TrainConfig, Trainer, get_trainer
+from robust_envs.attacks import protocol_suite
+from robust_envs.classifiers import make_classifier
+from robust_envs.data import load_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED_FIELDS = {
+    "method", "paper", "dataset", "architecture", "threat_models", "attacks", "clean_acc", "attack_acc",
+    "autoattack_acc", "robust_acc", "union_acc", "average_acc", "norm_acc", "train_time_s", "hardware", "seed",
+    "epochs", "n_eval", "library_versions", "git", "masking", "fingerprint",
+}  # fmt: skip
+QUICK = ["--datasets", "digits", "--n-eval", "40", "--no-autoattack", "--square-queries", "30",
+         "--train-override", "epochs=1"]  # fmt: skip
+
+
+def _dirs(tmp: Path) -> list[str]:
+    return ["--results-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "ckpt"), "--docs-dir", str(tmp / "docs")]
+
+
+def test_registry_and_configs() -> None:
+    assert list(TRAINERS) == ["standard", "pgd_at", "trades"]
+    cfg = get_trainer("trades").default_config("fashion_mnist")
+    assert isinstance(cfg, TRADESConfig) and cfg.beta == 6.0 and cfg.eps_linf == 0.1 and cfg.architecture == "lenet5"
+    c10 = PGDATTrainer.default_config("cifar10")
+    assert c10.architecture == "wrn28_10" and c10.eps_linf == pytest.approx(8 / 255) and c10.epochs == 100
+    with pytest.raises(ValueError, match="no field"):
+        PGDATTrainer.default_config("digits", bogus=1)
+    with pytest.raises(ValueError, match="valid"):
+        get_trainer("dverge_not_yet")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+
+
+def test_runner_smoke_tables_and_skip(tmp_path: Path) -> None:
+    args = ["run", "--methods", "standard", "pgd_at", "trades", "--seeds", "0", *QUICK, *_dirs(tmp_path)]
+    assert leaderboard.main(args) == 0
+    files = sorted((tmp_path / "results" / "digits").glob("*.json"))
+    assert [f.name for f in files] == ["pgd_at_seed0.json", "standard_seed0.json", "trades_seed0.json"]
+    records = {json.loads(f.read_text())["method"]: json.loads(f.read_text()) for f in files}
+    for rec in records.values():
+        assert REQUIRED_FIELDS <= set(rec)
+        assert 0.0 <= rec["robust_acc"] <= rec["clean_acc"] <= 1.0
+        assert rec["threat_models"]["Linf"] == 0.1 and rec["attacks"]["pgd_l2"]["norm"] == "L2"
+    # adversarial training must beat standard training on A_rob even with a one-epoch budget
+    assert records["pgd_at"]["robust_acc"] > records["standard"]["robust_acc"]
+    md = (tmp_path / "docs" / "leaderboard.md").read_text()
+    assert "| pgd_at |" in md and "A_rob" in md
+    assert (tmp_path / "docs" / "leaderboard.csv").read_text().startswith("dataset,method")
+    assert (tmp_path / "docs" / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+    before = {f: f.read_bytes() for f in files}
+    assert leaderboard.main(args) == 0  # everything done: nothing rerun, nothing rewritten
+    assert {f: f.read_bytes() for f in files} == before
+
+
+def test_resume_after_kill_loses_no_finished_entry(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.leaderboard", "run", "--methods", "standard",
+           "--seeds", "0", "1", "2", "3", *QUICK, *_dirs(tmp_path), "--no-tables"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    out = tmp_path / "results" / "digits"
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {f.name: f.read_bytes() for f in out.glob("*.json")}
+    assert 1 <= len(finished) < 4, f"kill should land mid-run, found {sorted(finished)}"
+    for blob in finished.values():
+        json.loads(blob)  # complete files only: writes are atomic
+    # run again (in-process): finishes the rest, leaves finished entries untouched
+    assert leaderboard.main(["run", "--methods", "standard", "--seeds", "0", "1", "2", "3", *QUICK, *_dirs(tmp_path)]) == 0
+    names = sorted(f.name for f in out.glob("*.json"))
+    assert names == [f"standard_seed{s}.json" for s in range(4)]
+    for name, blob in finished.items():
+        assert (out / name).read_bytes() == blob
+
+
+@dataclass
+class _NoiseConfig(TrainConfig):
+    """Config of a toy method used to show that a new method plugs in without touching the runner."""
+
+    sigma: float = 0.1
+
+
+class _GaussianAugmentTrainer(Trainer):
+    name: ClassVar[str] = "gauss_aug"
+    paper: ClassVar[str] = "test-only Gaussian data augmentation"
+    config_cls: ClassVar[type[TrainConfig]] = _NoiseConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"digits": {"sigma": 0.2}}
+
+    def loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        noisy = (images + self.config.sigma * torch.randn_like(images)).clamp(0, 1)  # type: ignore[attr-defined]
+        return F.cross_entropy(model(noisy), labels)
+
+
+def test_new_method_plugs_in_via_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(TRAINERS, _GaussianAugmentTrainer.name, _GaussianAugmentTrainer)
+    assert leaderboard.main(["run", "--methods", "gauss_aug", "--seeds", "0", *QUICK, *_dirs(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "results" / "digits" / "gauss_aug_seed0.json").read_text())
+    assert rec["train_config"]["sigma"] == 0.2 and rec["paper"] == _GaussianAugmentTrainer.paper
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "x.json"
+    leaderboard.atomic_write_json(path, {"v": 1})
+    with pytest.raises(TypeError):
+        leaderboard.atomic_write_json(path, {"v": object()})
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
+
+
+@pytest.mark.skipif(not (REPO / "benchmarks" / "results" / "fashion_mnist").is_dir(), reason="no committed results")
+@pytest.mark.parametrize("method", ["standard", "pgd_at"])
+def test_committed_result_recomputes(method: str) -> None:
+    """RobustBench-style: reload a committed checkpoint and recompute clean, FGSM and PGD-20 accuracy."""
+    rec = json.loads((REPO / "benchmarks" / "results" / "fashion_mnist" / f"{method}_seed0.json").read_text())
+    blob = torch.load(REPO / rec["checkpoint"]["path"], map_location="cpu", weights_only=False)
+    model = make_classifier(rec["architecture"], in_channels=1, num_classes=10, image_size=28)
+    model.load_state_dict(blob["state_dict"])
+    test = load_dataset("fashion_mnist", "test")
+    sub = eval_subset(test, rec["n_eval"], rec["subset_seed"])
+    suite = [s for s in protocol_suite("fashion_mnist", square_queries=1, autoattack=False)
+             if s.key in ("fgsm", "pgd20", "square")]  # fmt: skip
+    res = evaluate(model.eval(), sub, "fashion_mnist", EvalConfig(n_eval=rec["n_eval"]), suite=suite)
+    assert res.metrics.clean_acc == pytest.approx(rec["clean_acc"], abs=0.002)
+    assert res.metrics.attack_acc["fgsm"] == pytest.approx(rec["attack_acc"]["fgsm"], abs=0.005)
+    assert res.metrics.attack_acc["pgd20"] == pytest.approx(rec["attack_acc"]["pgd20"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_ray_engine_runs_an_entry(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    try:
+        args = ["run", "--engine", "ray", "--methods", "standard", "--seeds", "0", *QUICK, *_dirs(tmp_path), "--no-tables"]
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # fmt: skip
+        assert leaderboard.main(args) == 0
+    finally:
+        ray.shutdown()
+    rec = json.loads((tmp_path / "results" / "digits" / "standard_seed0.json").read_text())
+    assert rec["method"] == "standard" and 0.0 < rec["clean_acc"] <= 1.0
