@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     calibrated = {n: current.eps_linf * eps50[n] / eps50["Linf"] for n in ("L2", "L1")}
     out = {
         "dataset": args.dataset, "model": f"standard {config.architecture}, {epochs} epochs, seed {args.seed}",
-        "checkpoint": str(ckpt) if ckpt.is_file() else None,
+        "checkpoint": os.path.relpath(ckpt, Path(__file__).resolve().parent.parent) if ckpt.is_file() else None,
         "n_eval": args.n_eval, "clean_acc": clean, "curves": curves, "eps50": eps50,
         "eps_linf": current.eps_linf, "calibrated": calibrated,
         "config": {"eps_l2": current.eps_l2, "eps_l1": current.eps_l1, "source": current.source},
