@@ -19,7 +19,7 @@ from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
 from benchmarks.trainers import TRAINERS, PGDATTrainer, TRADESConfig, TrainConfig, Trainer, get_trainer
 from robust_envs.attacks import protocol_suite
 from robust_envs.classifiers import make_classifier
-from robust_envs.data import load_dataset
+from robust_envs.data import DatasetNotFoundError, find_fashion_mnist, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_FIELDS = {
@@ -127,7 +127,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
 
 
+def _have_fashion_mnist() -> bool:
+    try:
+        find_fashion_mnist()
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
 @pytest.mark.skipif(not (REPO / "benchmarks" / "results" / "fashion_mnist").is_dir(), reason="no committed results")
+@pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not on disk (make data)")
 @pytest.mark.parametrize("method", ["standard", "pgd_at"])
 def test_committed_result_recomputes(method: str) -> None:
     """RobustBench-style: reload a committed checkpoint and recompute clean, FGSM and PGD-20 accuracy."""
