@@ -426,7 +426,10 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         out.write(f"\n## {dataset}\n\nRadii: Linf {radii['Linf']:.4g}, L2 {radii['L2']:.4g}, L1 {radii['L1']:.4g} "
                   f"({radii['source']}). Evaluation: {first['n_eval']} seeded test points, AutoAttack on "
                   f"{first['n_autoattack']}; Square black-box check with "
-                  f"{first['attacks']['square']['options'].get('n_queries')} queries.\n\n")  # fmt: skip
+                  f"{first['attacks']['square']['options'].get('n_queries')} queries; A_rob, L2, L1, Union and Avg "
+                  f"on the {first['n_combined']} points every attack ran on, the other columns on all "
+                  f"{first['n_eval']}. Hardware: {first['hardware']['cpu']}, {first['hardware']['torch_threads']} "
+                  "torch thread(s) per entry; times are wall-clock seconds.\n\n")  # fmt: skip
         headers = ["Method", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)", "Masking"]
         out.write("| " + " | ".join(headers) + " |\n")
         out.write("|" + "|".join(["---"] * 4 + ["---:"] * (len(COLUMNS) + 1) + ["---"]) + "|\n")
