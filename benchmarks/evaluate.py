@@ -47,6 +47,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Attacks :func:`masking_flags` needs; a suite without them gets no flags.
+MASKING_KEYS = frozenset({"fgsm", "pgd20", "pgd100", "square"})
 #: White-box Linf attacks of the PGD family that the black-box and step checks compare against.
 WHITE_BOX_REFERENCE = ("fgsm", "pgd20", "pgd100", "mim20", "cw30")
 
@@ -294,7 +296,7 @@ class EvalResult:
 
     Attributes:
         metrics: :class:`RobustnessMetrics`.
-        flags: :class:`MaskingFlags`.
+        flags: :class:`MaskingFlags` (None when the suite lacks one of :data:`MASKING_KEYS`).
         clean: ``(N,)`` bool clean correctness.
         table: attack key -> ``(N,)`` bool correctness under attack (not yet ANDed with clean).
         evaluated: attack key -> ``(N,)`` bool, points the attack ran on.
@@ -305,7 +307,7 @@ class EvalResult:
     """
 
     metrics: RobustnessMetrics
-    flags: MaskingFlags
+    flags: MaskingFlags | None
     clean: np.ndarray
     table: dict[str, np.ndarray]
     evaluated: dict[str, np.ndarray]
@@ -331,7 +333,7 @@ class EvalResult:
             "n_combined": m.n_points,
             "attacks": self.attacks,
             "attack_time_s": self.attack_time_s,
-            "masking": asdict(self.flags),
+            "masking": None if self.flags is None else asdict(self.flags),
             "grad_norm_median": self.grad_norm_median,
         }
 
@@ -353,7 +355,7 @@ def evaluate(
         dataset: data set name (selects the radii of :func:`protocol_suite`).
         config: :class:`EvalConfig` (default settings when None).
         suite: attacks to run (default ``protocol_suite(dataset, config.square_queries, config.autoattack)``);
-            must contain ``fgsm``, ``pgd20``, ``pgd100`` and ``square`` for the masking flags.
+            the masking flags need ``fgsm``, ``pgd20``, ``pgd100`` and ``square`` (else ``flags`` is None).
         n_classes: number of classes (AutoAttack's targets).
         on_attack: called with each attack key before it runs (progress reporting).
 
@@ -392,7 +394,11 @@ def evaluate(
         logger.info("%s: acc %.4f (%.1fs)", spec.key, correct[:limit].mean(), times[spec.key])
     metrics = robustness_metrics(clean, table, {s.key: s.norm for s in specs}, evaluated)
     grads = input_gradient_norms(model, x, y, cfg.batch_size).cpu().numpy()
-    flags = masking_flags(clean, table, grads, cfg.masking_tol, cfg.grad_tol, cfg.grad_frac_tol)
+    flags = (
+        masking_flags(clean, table, grads, cfg.masking_tol, cfg.grad_tol, cfg.grad_frac_tol)
+        if MASKING_KEYS <= set(table)
+        else None
+    )
     return EvalResult(
         metrics=metrics, flags=flags, clean=clean, table=table, evaluated=evaluated,
         attacks={s.key: s.describe() for s in specs}, attack_time_s=times,

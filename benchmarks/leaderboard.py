@@ -408,7 +408,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             row[header] = None if st is None else (100 * st[0], 100 * st[1])
         tt = _stats([r["train_time_s"] for r in recs])
         row["train_time_s"] = tt
-        row["masking_flags"] = sum(bool(r["masking"]["any"]) for r in recs)
+        row["masking_flags"] = sum(bool(r["masking"] and r["masking"]["any"]) for r in recs)
         rows.append(row)
     docs_dir.mkdir(parents=True, exist_ok=True)
     # Markdown
