@@ -180,6 +180,17 @@ def _git_commit() -> dict[str, Any]:
     return {"commit": commit, "dirty": dirty}
 
 
+#: The checkout's commit when this module was imported: the code that runs, even if HEAD moves during a run.
+_GIT_AT_IMPORT: dict[str, Any] | None = None
+
+
+def _git_at_import() -> dict[str, Any]:
+    global _GIT_AT_IMPORT
+    if _GIT_AT_IMPORT is None:
+        _GIT_AT_IMPORT = _git_commit()
+    return _GIT_AT_IMPORT
+
+
 def _versions() -> dict[str, str]:
     import matplotlib
     import torchattacks
@@ -202,8 +213,16 @@ def _hardware(threads: int) -> dict[str, Any]:
             "platform": platform.platform()}  # fmt: skip
 
 
-def _train_or_load(spec: EntrySpec, device: torch.device) -> tuple[torch.nn.Module, float, bool]:
-    """The trained model, its training time in seconds, and whether it was reused from a checkpoint."""
+@dataclass(frozen=True)
+class _Trained:
+    model: torch.nn.Module
+    train_time_s: float
+    train_cpu_s: float | None
+    reused: bool
+
+
+def _train_or_load(spec: EntrySpec, device: torch.device) -> _Trained:
+    """The trained model, its wall-clock and CPU training time, and whether it came from a checkpoint."""
     trainer_cls = get_trainer(spec.method)
     config = spec.train_config()
     train = load_dataset(spec.dataset, "train")
@@ -214,17 +233,18 @@ def _train_or_load(spec: EntrySpec, device: torch.device) -> tuple[torch.nn.Modu
             _, c, h, _ = train.images.shape
             model = make_classifier(config.architecture, in_channels=c, num_classes=train.num_classes, image_size=h)
             model.load_state_dict(blob["state_dict"])
-            return model.to(device).eval(), float(blob["train_time_s"]), True
+            cpu = blob.get("train_cpu_s")
+            return _Trained(model.to(device).eval(), float(blob["train_time_s"]), cpu, True)
         logger.warning("checkpoint %s has another training config; retraining", ckpt)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model = trainer_cls(config).train(train, seed=spec.seed, device=device)
-    train_time = time.perf_counter() - t0
+    train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     buf = io.BytesIO()
     torch.save({"state_dict": model.state_dict(), "train_fingerprint": spec.train_fingerprint(),
-                "train_time_s": train_time, "method": spec.method, "dataset": spec.dataset, "seed": spec.seed,
+                "train_time_s": train_time, "train_cpu_s": train_cpu, "method": spec.method, "dataset": spec.dataset, "seed": spec.seed,
                 "config": config.to_dict()}, buf)  # fmt: skip
     atomic_write_bytes(ckpt, buf.getvalue())
-    return model, train_time, False
+    return _Trained(model, train_time, train_cpu, False)
 
 
 def run_entry(spec: EntrySpec) -> dict[str, Any]:
@@ -244,13 +264,13 @@ def run_entry(spec: EntrySpec) -> dict[str, Any]:
 
 def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     device = torch.device("cpu")
-    model, train_time, reused = _train_or_load(spec, device)
+    trained = _train_or_load(spec, device)
     test = load_dataset(spec.dataset, "test")
     cfg = spec.eval_cfg()
     subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
-    t0 = time.perf_counter()
-    result = evaluate(model, subset, spec.dataset, cfg, n_classes=test.num_classes)
-    eval_time = time.perf_counter() - t0
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = evaluate(trained.model, subset, spec.dataset, cfg, n_classes=test.num_classes)
+    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     trainer_cls = get_trainer(spec.method)
     config = spec.train_config()
     radii = radii_for(spec.dataset)
@@ -269,14 +289,16 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
         **result.summary(),
         "subset_seed": cfg.subset_seed,
         "eval_config": dataclasses.asdict(cfg),
-        "train_time_s": train_time,
+        "train_time_s": trained.train_time_s,
+        "train_cpu_s": trained.train_cpu_s,
         "eval_time_s": eval_time,
-        "checkpoint_reused": reused,
+        "eval_cpu_s": eval_cpu,
+        "checkpoint_reused": trained.reused,
         "checkpoint": {"path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
                        "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()},  # fmt: skip
         "hardware": _hardware(spec.threads),
         "library_versions": _versions(),
-        "git": _git_commit(),
+        "git": _git_at_import(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(spec.result_path(), record)
@@ -520,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _git_at_import()  # record the commit before any entry runs
     if args.command == "run":
         for m in args.methods:
             get_trainer(m)
