@@ -57,9 +57,7 @@ class _ClassifierData:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        for name, value in (("r_correct", r_correct), ("r_wrong", r_wrong)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite real number >= 0 (Eq. 3: r_k_i >= 0), got {value!r}")
+        self.set_rewards(r_correct, r_wrong)
         if isinstance(episode_length, bool) or not isinstance(episode_length, numbers.Integral) or episode_length < 1:
             raise ValueError(f"episode_length must be an integer >= 1, got {episode_length!r}")
         try:
@@ -71,9 +69,15 @@ class _ClassifierData:
         self.labels = data.labels.to(self.device)  # (n,) int64
         self.num_classes = data.num_classes
         self.num_samples = len(data)
+        self.episode_length = int(episode_length)
+
+    def set_rewards(self, r_correct: float, r_wrong: float) -> None:
+        """Validate and store the Eq. 3 reward magnitudes (both finite and >= 0)."""
+        for name, value in (("r_correct", r_correct), ("r_wrong", r_wrong)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite real number >= 0 (Eq. 3: r_k_i >= 0), got {value!r}")
         self.r_correct = float(r_correct)
         self.r_wrong = float(r_wrong)
-        self.episode_length = int(episode_length)
 
     def observation_space(self) -> spaces.Box:
         return spaces.Box(0, 255, shape=tuple(self.images.shape[1:]), dtype=np.uint8)
@@ -317,6 +321,24 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
     def device(self) -> torch.device:
         """The torch device holding the data and computing rewards."""
         return self._data.device
+
+    @property
+    def r_correct(self) -> float:
+        """Reward for a correct label (``r_{k_1}`` of Eq. 3)."""
+        return self._data.r_correct
+
+    @property
+    def r_wrong(self) -> float:
+        """Penalty magnitude for a wrong label (``r_{k_2}`` of Eq. 3)."""
+        return self._data.r_wrong
+
+    def set_rewards(self, r_correct: float, r_wrong: float) -> None:
+        """Change the Eq. 3 rewards from the next step on (a trainer's per-stage ``lambda``).
+
+        Raises:
+            ValueError: if either value is negative, not finite or not a real number.
+        """
+        self._data.set_rewards(r_correct, r_wrong)
 
     def _check_actions(self, actions: Any) -> torch.Tensor:
         n, num_classes = self.num_envs, self._data.num_classes
