@@ -67,4 +67,5 @@ class SmallImageCNN(BaseFeaturesExtractor):
         self.linear = nn.Sequential(nn.Linear(n_flatten, features_dim), nn.ReLU())
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        """Features ``(N, features_dim)`` of observations ``(N, C, H, W)`` in [0, 1]."""
         return self.linear(self.cnn(observations))

@@ -87,7 +87,7 @@ class Args:
     """Train a classifier with the policy loss of Kim (seed 003) through ClassifierReward-v0."""
 
     exp_name: str = "policy_loss"
-    """name of the experiment; the run is named ``{exp_name}__{mode}__{seed}__{unix time}``"""
+    """name of the experiment; the run is named ``{exp_name}__{mode}_{lambda_1}_{lambda_2}__{seed}__{unix time}``"""
     seed: int = 1
     """seed of the network initialisation, the action sampling and the env (sub-env i gets 100003 * seed + i)"""
     mode: str = "eq12_eq4"
@@ -252,16 +252,25 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> nn.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
+        ValueError: if the checkpoint holds a custom network (``arch`` None): build it and load
+            ``torch.load(path)["state_dict"]`` yourself.
     """
     ckpt = torch.load(Path(path), map_location=device, weights_only=True)
+    if ckpt["arch"] is None:
+        raise ValueError(f"{path} holds a custom network (arch None); rebuild it and load its state_dict")
     model = make_classifier(ckpt["arch"], ckpt["in_channels"], ckpt["num_classes"], ckpt["image_size"])
     model.load_state_dict(ckpt["state_dict"])
     return model.to(device).eval()
 
 
 # ---- the training loop ------------------------------------------------------------------------------
-def train(args: Args) -> TrainResult:
+def train(args: Args, model: nn.Module | None = None) -> TrainResult:
     """Train a classifier as ``args`` says (see the module docstring); log, save and return it.
+
+    Args:
+        args: the run's configuration.
+        model: a network to train instead of ``make_classifier(args.arch, ...)`` (images ``(N, C, H, W)``
+            float in [0, 1] -> ``(N, num_classes)`` logits); its checkpoint then records ``arch=None``.
 
     Raises:
         ValueError: on invalid ``args`` (the message names the field and its valid range).
@@ -271,7 +280,7 @@ def train(args: Args) -> TrainResult:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    run_name = f"{args.exp_name}__{args.mode}__{args.seed}__{int(time.time())}"
+    run_name = f"{args.exp_name}__{args.mode}_{args.lambda_1:g}_{args.lambda_2:g}__{args.seed}__{int(time.time())}"
     writer = None
     if args.track:
         from torch.utils.tensorboard import SummaryWriter
@@ -291,7 +300,10 @@ def train(args: Args) -> TrainResult:
     eval_n = args.eval_points or len(test)
     channels, side = envs.single_observation_space.shape[0], envs.single_observation_space.shape[-1]
     num_classes = int(envs.single_action_space.n)
-    model = make_classifier(args.arch, channels, num_classes, side).to(device)
+    arch: str | None = args.arch if model is None else None
+    if model is None:
+        model = make_classifier(args.arch, channels, num_classes, side)
+    model = model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum)
     train_size = len(load_dataset(args.dataset, "train"))
     steps_per_epoch = math.ceil(train_size / args.batch_size)
@@ -363,7 +375,7 @@ def train(args: Args) -> TrainResult:
     if args.save_path.lower() != "none":
         checkpoint = Path(args.save_path) if args.save_path else Path("runs") / run_name / "model.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"state_dict": model.state_dict(), "arch": args.arch, "in_channels": channels,
+        torch.save({"state_dict": model.state_dict(), "arch": arch, "in_channels": channels,
                     "num_classes": num_classes, "image_size": side, "args": asdict(args), "test_acc": test_acc,
                     "switch_step": switch_step}, checkpoint)  # fmt: skip
     return TrainResult(model, test_acc, switch_step, total_steps, train_time_s, checkpoint, history)

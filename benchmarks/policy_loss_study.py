@@ -26,12 +26,13 @@ import platform
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torchattacks
 
 from agents.policy_loss import Args, evaluate_accuracy, load_checkpoint, train
 from robust_envs.attacks import correct_under_attack, make_attack
@@ -73,10 +74,13 @@ class Budget:
 
     dataset: str = "fashion_mnist"
     arch: str = "lenet5"
-    epochs: int = 12
+    epochs: int = 2
     batch_size: int = 32
+    lr_milestones: tuple[float, ...] = (0.75, 0.9)
+    switch_acc: float = 0.7
     eval_points: int = 1000
     aa_points: int = 500
+    square_queries: int = 5000
     eps_linf: float = 0.1
     pgd_steps: int = 40
     pgd_alpha: float = 0.01
@@ -118,6 +122,7 @@ def train_one(method: Method, seed: int, budget: Budget, ckpt_dir: Path = CKPT_D
         return path
     args = Args(exp_name="policy_loss_study", seed=seed, mode=method.mode, dataset=budget.dataset, arch=budget.arch,
                 lambda_1=method.lambda_1, lambda_2=method.lambda_2, epochs=budget.epochs, batch_size=budget.batch_size,
+                lr_milestones=budget.lr_milestones, switch_acc=budget.switch_acc,
                 eval_points=budget.switch_eval_points, threads=1, track=True, save_path=str(path) + ".tmp",
                 progress=progress)  # fmt: skip
     result = train(args)
@@ -146,7 +151,8 @@ def evaluate_model(
     """All attack accuracies and gradient diagnostics of ``model`` on ``images`` (float [0, 1]) / ``labels``.
 
     ``source`` is the model the transfer attack is crafted on. AutoAttack runs on the first
-    ``budget.aa_points`` images; the masking flags compare attacks on those same points.
+    ``budget.aa_points`` images (its Square attack with ``budget.square_queries`` queries, 5000 in the
+    standard version); the masking flags compare attacks on those same points.
     """
     eps, n_aa = budget.eps_linf, min(budget.aa_points, images.shape[0])
     torch.manual_seed(seed)
@@ -157,8 +163,12 @@ def evaluate_model(
     transfer = correct_under_transfer(
         make_attack("pgd", source, eps, steps=budget.pgd_steps, alpha=budget.pgd_alpha), model, images, labels
     )
+    autoattack = make_attack("autoattack", model, eps, seed=seed)
+    for attack in autoattack._autoattack.attacks:  # the standard version's Square uses 5000 queries
+        if isinstance(attack, torchattacks.Square):
+            attack.n_queries = budget.square_queries
     start = time.time()
-    aa = correct_under_attack(model, images[:n_aa], labels[:n_aa], make_attack("autoattack", model, eps, seed=seed))
+    aa = correct_under_attack(model, images[:n_aa], labels[:n_aa], autoattack)
     aa_time_s = time.time() - start
     grad_ce = input_gradient_norms(model, images, labels, "ce")
     grad_margin = input_gradient_norms(model, images, labels, "margin")
@@ -227,8 +237,8 @@ def evaluate_one(
         "seed": seed,
         "epochs": budget.epochs,
         "batch_size": budget.batch_size,
-        "optimizer": "SGD lr 0.1, no momentum, /10 after 25% and 75% of the steps",
-        "switch_acc": 0.8,
+        "optimizer": f"SGD lr 0.1, no momentum, /10 after fractions {list(budget.lr_milestones)} of the steps",
+        "switch_acc": budget.switch_acc,
         "switch_step": ckpt.get("switch_step"),
         "steps": ckpt.get("steps"),
         "test_acc_full": evaluate_accuracy(model, test.images, test.labels),
@@ -276,7 +286,7 @@ def load_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
 
 
 def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> str:
-    """The data-driven paragraph: does the headline point's gain over CE survive AutoAttack and transfer?"""
+    """The data-driven paragraph: whether the headline point's gain over CE survives AutoAttack and transfer."""
     head, ce = by_method.get("pl_0.75_1.25"), by_method.get("ce")
     if not head or not ce:
         return "The headline point (0.75, 1.25) or the CE reference has no results yet; no verdict."

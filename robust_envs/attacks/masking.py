@@ -34,6 +34,10 @@ def input_gradient_norms(
     """Per-point L2 norm of the input gradient ``||d loss / d x||_2``, shape ``(N,)`` float32.
 
     Args:
+        model: classifier, images ``(N, C, H, W)`` float in [0, 1] -> logits ``(N, K)``.
+        images: ``(N, C, H, W)`` float in [0, 1] on the model's device.
+        labels: ``(N,)`` int64 true classes.
+        batch_size: points per forward/backward pass.
         loss: ``"ce"`` (cross-entropy of the true label; vanishes when the softmax saturates) or
             ``"margin"`` (``max_{j != y} z_j - z_y`` on the logits ``z``; scale-free in the softmax, the
             quantity DLR-type attacks follow).
@@ -121,7 +125,10 @@ def gradient_masking_flags(
     """Gradient-masking verdict from attack accuracies (same points, same radius) and gradient norms.
 
     Args:
-        pgd_acc, autoattack_acc, transfer_acc, fgsm_acc: robust accuracies in [0, 1].
+        pgd_acc: white-box PGD accuracy in [0, 1].
+        autoattack_acc: AutoAttack accuracy in [0, 1].
+        transfer_acc: transfer-attack accuracy in [0, 1].
+        fgsm_acc: FGSM accuracy in [0, 1].
         grad_norm_median: median CE input-gradient norm of the model (see :func:`input_gradient_norms`).
         reference_grad_norm_median: the same for a reference model trained with cross-entropy.
         tolerance: accuracy gap (fraction) beyond which an ordering violation counts (sampling noise on

@@ -226,6 +226,7 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
         return self._data.episode_length
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode: draw its ``episode_length`` images; returns the first image and ``{}``."""
         super().reset(seed=seed)
         self._indices = self._data.draw_episode([self.np_random])[0]
         self._t = 0
@@ -233,6 +234,16 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
         return self._obs.copy(), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Classify the current image with ``action`` (Eq. 3 reward).
+
+        Returns the next image, the reward, ``terminated`` (after ``episode_length`` images), ``truncated``
+        (False) and ``{"label", "correct"}``.
+
+        Raises:
+            TypeError: if ``action`` is not an integer.
+            ValueError: if ``action`` is not a scalar in ``[0, num_classes)``.
+            RuntimeError: before ``reset()`` or after the episode ended.
+        """
         if self._indices is None:
             raise RuntimeError("call reset() before step()")
         if self._t >= self.episode_length:
