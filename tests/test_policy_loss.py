@@ -194,6 +194,6 @@ def test_study_smoke_train_evaluate_report(tmp_path: Path, monkeypatch: pytest.M
     assert entry["grad_norm_ce_median"] > 0 and "suspected" in entry["gradient_masking"]
     assert study.evaluate_one(pl, 1, [1, 2], budget, tmp_path / "results", tmp_path / "ckpt") == path  # resumes
     study.evaluate_one(ce, 1, [1, 2], budget, tmp_path / "results", tmp_path / "ckpt")
-    report = study.render_report(study.load_results(tmp_path / "results"), budget)
+    report = study.render_report([("tiny", study.load_results(tmp_path / "results"))])
     assert "| CE reference | 1 |" in report and "lambda = (0.75, 1.25) | 1 |" in report
     assert "Verdict" in report

@@ -279,7 +279,7 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
 
     Args:
         num_envs: number of sub-envs (>= 1), the batch size of one step.
-        max_episode_steps: truncate every episode after this many steps if it is shorter than
+        max_episode_steps: truncate every episode after this many steps when this is smaller than
             ``episode_length`` (mirrors the ``TimeLimit`` of ``gym.make``; ``gym.make_vec`` passes the
             registered value); ``None`` for no limit.
         autoreset_mode: ``"NextStep"`` (default) or ``"SameStep"`` (needed by the SB3 adapter).
