@@ -324,9 +324,12 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> str:
         f"(seed spread up to {pgd_sd:.1f}), AutoAttack accuracy by {aa_gap:+.1f} (spread {aa_sd:.1f}) and "
         f"transfer-attack accuracy by {tr_gap:+.1f} (spread {tr_sd:.1f}) points at eps 0.1.",
         f"White-box PGD overstates its robustness by {overstate_head:.1f} points on the AutoAttack points (CE: "
-        f"{overstate_ce:.1f}); its median CE-loss input gradient is {ce_grad_ratio:.2f}x the CE reference's while "
-        f"the logit-margin gradient is {margin_grad_ratio:.2f}x, the signature of a saturated softmax that weakens "
-        f"CE-loss attacks (FGSM, PGD). The masking check flags {flagged} of {len(head)} seeds.",
+        f"{overstate_ce:.1f}); its median CE-loss input gradient is {ce_grad_ratio:.2f}x the CE reference's and "
+        f"its logit-margin gradient {margin_grad_ratio:.2f}x"
+        + (" (a CE gradient shrunk far more than the margin's is the signature of a saturated softmax, which weakens "
+           "CE-loss attacks such as FGSM and PGD)." if ce_grad_ratio < 0.5 * margin_grad_ratio else
+           " (no sign of a saturated softmax: the CE gradient did not shrink more than the margin's).")
+        + f" The masking check flags {flagged} of {len(head)} seeds.",
     ]
     if survives(aa_gap, aa_sd) and survives(tr_gap, tr_sd):
         masked_part = pgd_gap - aa_gap
