@@ -106,6 +106,8 @@ class Args:
     """actions under Eq. 4: greedy (argmax, the paper's "without randomness") or sample"""
     epochs: int = 200
     """training budget in epochs; one epoch is ceil(train size / batch_size) env steps (the paper: 200)"""
+    total_steps: int = 0
+    """if > 0, train for exactly this many env steps instead of epochs * steps per epoch"""
     batch_size: int = 128
     """images per step = number of sub-envs of the batched env"""
     learning_rate: float = 0.1
@@ -238,8 +240,9 @@ def _validate(args: Args) -> None:
     for name in ("epochs", "batch_size", "evals_per_epoch", "episode_length"):
         if getattr(args, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(args, name)!r}")
-    if args.eval_points < 0 or args.threads < 0:
-        raise ValueError(f"eval_points and threads must be >= 0, got {args.eval_points!r}, {args.threads!r}")
+    if args.eval_points < 0 or args.threads < 0 or args.total_steps < 0:
+        raise ValueError(f"eval_points, threads and total_steps must be >= 0, got {args.eval_points!r}, "
+                         f"{args.threads!r}, {args.total_steps!r}")  # fmt: skip
     if not args.learning_rate > 0 or not 0 < args.lr_gamma <= 1 or any(not 0 <= m <= 1 for m in args.lr_milestones):
         raise ValueError(
             f"need learning_rate > 0, lr_gamma in (0, 1] and lr_milestones in [0, 1]; got {args.learning_rate!r}, "
@@ -307,7 +310,7 @@ def train(args: Args, model: nn.Module | None = None) -> TrainResult:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.learning_rate, momentum=args.momentum)
     train_size = len(load_dataset(args.dataset, "train"))
     steps_per_epoch = math.ceil(train_size / args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
+    total_steps = args.total_steps or args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.MultiStepLR(
         optimizer, milestones=sorted({max(1, round(m * total_steps)) for m in args.lr_milestones}), gamma=args.lr_gamma
     )

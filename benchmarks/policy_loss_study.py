@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -58,6 +59,7 @@ class Method:
     lambda_1: float
     lambda_2: float
     label: str
+    budget_fraction: float = 1.0  # fraction of the study's training steps (a clean-accuracy-matched control)
 
 
 METHODS = (
@@ -65,6 +67,7 @@ METHODS = (
     Method("pl_0.75_1.25", "eq12_eq4", 0.75, 1.25, "Eq. 12 -> Eq. 4, lambda = (0.75, 1.25)"),
     Method("pl_0.75_0.25", "eq12_eq4", 0.75, 0.25, "Eq. 12 -> Eq. 4, lambda = (0.75, 0.25)"),
     Method("pl_1.5_1.25", "eq12_eq4", 1.5, 1.25, "Eq. 12 -> Eq. 4, lambda = (1.5, 1.25)"),
+    Method("ce_short", "ce", 0.0, 0.0, "CE, 1/8 of the steps (clean-accuracy control)", budget_fraction=0.125),
     Method("ablation_ce_eq4", "ce_eq4", 0.0, 1.0, "Table 4: CE warm-up -> Eq. 4, lambda_2 = 1.0"),
     Method("ablation_eq4_only", "eq4", 0.0, 1.0, "Table 4: Eq. 4 alone, lambda_2 = 1.0"),
 )
@@ -126,6 +129,8 @@ def train_one(method: Method, seed: int, budget: Budget, ckpt_dir: Path = CKPT_D
     args = Args(exp_name="policy_loss_study", seed=seed, mode=method.mode, dataset=budget.dataset, arch=budget.arch,
                 lambda_1=method.lambda_1, lambda_2=method.lambda_2, epochs=budget.epochs, batch_size=budget.batch_size,
                 lr_milestones=budget.lr_milestones, switch_acc=budget.switch_acc,
+                total_steps=round(method.budget_fraction * budget.epochs * math.ceil(
+                    len(load_dataset(budget.dataset, "train")) / budget.batch_size)),
                 eval_points=budget.switch_eval_points, threads=1, track=True, save_path=str(path) + ".tmp",
                 progress=progress)  # fmt: skip
     result = train(args)
