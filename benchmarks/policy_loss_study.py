@@ -336,6 +336,16 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> str:
            " (no sign of a saturated softmax: the CE gradient did not shrink more than the margin's).")
         + f" The masking check flags {flagged} of {len(head)} seeds.",
     ]
+    short = by_method.get("ce_short")
+    if short:
+        lines.append(
+            f"Clean-accuracy control: CE stopped after 1/8 of the steps ({len(short)} seeds) has "
+            f"{100 * mean(short, 'clean_acc'):.1f}% clean accuracy (the policy point: {100 * mean(head, 'clean_acc'):.1f}%) "
+            f"and {100 * mean(short, 'pgd_acc'):.1f}% PGD, {100 * mean(short, 'autoattack_acc'):.1f}% AutoAttack, "
+            f"{100 * mean(short, 'transfer_acc'):.1f}% transfer accuracy (the policy point: "
+            f"{100 * mean(head, 'pgd_acc'):.1f}%, {100 * mean(head, 'autoattack_acc'):.1f}%, "
+            f"{100 * mean(head, 'transfer_acc'):.1f}%)."
+        )
     if survives(aa_gap, aa_sd) and survives(tr_gap, tr_sd):
         masked_part = pgd_gap - aa_gap
         lines.append(
