@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import sys
 import time
@@ -51,6 +52,10 @@ class Args:
     """output diffusers folder"""
     device: str = "cuda" if torch.cuda.is_available() else "cpu"
     """torch device"""
+    init_from: str = ""
+    """resume: a diffusers folder (the EMA weights of an earlier run) to start model and EMA from"""
+    previous_steps: int = 0
+    """resume: steps that earlier run made (the LR schedule continues from there; counted in steps_done)"""
 
 
 def build_unet() -> UNet2DModel:
@@ -72,21 +77,23 @@ def main(args: Args) -> None:
     device = torch.device(args.device)
     data = load_fashion_mnist("train").images.float().div(127.5).sub(1.0).to(device)
     unet = build_unet().to(device)
+    if args.init_from:
+        unet.load_state_dict(UNet2DModel.from_pretrained(args.init_from).state_dict())
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = 100
+    warmup = 100 if not args.init_from else 20
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / warmup)
         * 0.5
-        * (1 + torch.cos(torch.tensor(3.14159265 * min(s, args.steps) / args.steps)).item()),
+        * (1 + math.cos(math.pi * min(s + args.previous_steps, args.steps) / args.steps)),
     )
     start = time.time()
     losses: list[float] = []
-    step = 0
-    bar = tqdm(range(args.steps), desc="train unet", mininterval=10)
+    step = args.previous_steps
+    bar = tqdm(range(args.previous_steps, args.steps), desc="train unet", mininterval=10)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (args.batch_size,), device=device)
         x0 = data[idx]
@@ -101,9 +108,9 @@ def main(args: Args) -> None:
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        decay = min(args.ema_decay, (1 + step) / (10 + step))
+        decay = min(args.ema_decay, (1 + step) / (10 + step))  # step counts from previous_steps
         with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
+            for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         losses.append(loss.item())
         if step % 50 == 0:
@@ -122,6 +129,7 @@ def save(ema: UNet2DModel, scheduler: DDPMScheduler, args: Args, steps: int, wal
     scheduler.save_config(out)
     record = {
         "command": "python scripts/train_unet.py " + " ".join(sys.argv[1:]),
+        "note": "steps_done counts the steps of the run resumed from (init_from) too" if args.init_from else "",
         "args": asdict(args),
         "steps_done": steps,
         "wall_time_s": round(wall, 1),

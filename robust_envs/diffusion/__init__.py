@@ -2,6 +2,7 @@
 
 from robust_envs.diffusion.attack import ATTACKS, TimestepAttack
 from robust_envs.diffusion.models import EMBEDDED_UNET, NoiseModel, load_noise_model
+from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator, sample_x0
 from robust_envs.diffusion.schedule import DDIMStepOutput, NoiseSchedule, ddim_step, model_timestep, predict_x0
 
 __all__ = [
@@ -12,6 +13,9 @@ __all__ = [
     "NoiseSchedule",
     "TimestepAttack",
     "ddim_step",
+    "ddim_steps",
+    "randn_per_generator",
+    "sample_x0",
     "load_noise_model",
     "model_timestep",
     "predict_x0",

@@ -117,8 +117,8 @@ def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor |
 
     Shapes: ``x_t``, ``eps`` ``(N, C, H, W)``; ``alpha_bar_t`` a float or ``(N,)`` in (0, 1].
     """
-    ab = _per_sample(alpha_bar_t, x_t)
-    return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+    ab = _per_sample(alpha_bar_t, x_t, torch.float64)
+    return (x_t - (1.0 - ab).sqrt().to(x_t.dtype) * eps) / ab.sqrt().to(x_t.dtype)
 
 
 @dataclass(frozen=True)
@@ -155,9 +155,10 @@ def ddim_step(
         ValueError: if a sigma is NaN, negative or above ``sqrt(1 - alpha_bar_prev)`` (the message names
             the value and the bound), or noise is missing / mis-shaped while sigma > 0.
     """
-    ab_t = _per_sample(alpha_bar_t, x_t)
-    ab_prev = _per_sample(alpha_bar_prev, x_t)
-    sig = _per_sample(sigma, x_t)
+    # coefficients in float64: near t = 0, 1 - alpha_bar is ~1e-4 and float32 would lose 3 digits
+    ab_t = _per_sample(alpha_bar_t, x_t, torch.float64)
+    ab_prev = _per_sample(alpha_bar_prev, x_t, torch.float64)
+    sig = _per_sample(sigma, x_t, torch.float64)
     bound = (1.0 - ab_prev).clamp_min(0.0).sqrt()
     sig, bound = torch.broadcast_tensors(sig, bound)
     bad = (torch.isnan(sig) | (sig < 0) | (sig > bound + atol)).flatten()
@@ -169,23 +170,26 @@ def ddim_step(
         )
     sig = torch.minimum(sig, bound)
     x0_pred = predict_x0(x_t, eps, ab_t)
-    direction = (1.0 - ab_prev - sig**2).clamp_min(0.0).sqrt() * eps
-    x_prev = ab_prev.sqrt() * x0_pred + direction
+    c_dir = (1.0 - ab_prev - sig**2).clamp_min(0.0).sqrt().to(x_t.dtype)
+    x_prev = ab_prev.sqrt().to(x_t.dtype) * x0_pred + c_dir * eps
     if bool((sig > 0).any()):
         if noise is None or noise.shape != x_t.shape:
             raise ValueError(
                 f"noise of shape {tuple(x_t.shape)} is required when sigma > 0, got "
                 f"{None if noise is None else tuple(noise.shape)}"
             )
-        x_prev = x_prev + sig * noise
+        x_prev = x_prev + sig.to(x_t.dtype) * noise
     return DDIMStepOutput(x_prev=x_prev, x0_pred=x0_pred)
 
 
-def _per_sample(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a scalar or ``(N,)`` value to ``(N, 1, 1, 1)`` in ``like``'s dtype and device."""
-    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+def _per_sample(value: torch.Tensor | float, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Broadcast a scalar or ``(N,)`` value to ``(N, 1, 1, 1)`` on ``like``'s device (dtype: ``like``'s)."""
+    dtype = dtype or like.dtype
+    v = value.to(like.device, dtype) if torch.is_tensor(value) else torch.tensor(value, dtype=dtype, device=like.device)
     if v.dim() == 0:
         return v.reshape(1, *([1] * (like.dim() - 1)))
     if v.dim() == 1 and v.shape[0] == like.shape[0]:
         return v.reshape(-1, *([1] * (like.dim() - 1)))
+    if v.dim() == like.dim() and v.shape[0] in (1, like.shape[0]) and all(s == 1 for s in v.shape[1:]):
+        return v
     raise ValueError(f"expected a scalar or a ({like.shape[0]},) tensor, got shape {tuple(v.shape)}")

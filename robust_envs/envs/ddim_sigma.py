@@ -1,0 +1,466 @@
+"""DDIMSigma-v0: schedule the DDIM sigma near t = 0 under a timestep attack (seed 000, Hong).
+
+Paper: Hong, "Learning to Schedule Resistant to Adversarial Attacks in Diffusion Probabilistic Models Under
+the Threat of Lipschitz Singularities" (seed 000): state Eq. 14, action Eq. 15, transition Eq. 16,
+rewards Eq. 16-21 (final reward r_1, intermediate rewards r_t). The DDIM update is Song et al. 2020, Eq. 12
+(seed 000's Eq. 13 with its sqrt slip fixed; see :mod:`robust_envs.diffusion.schedule`).
+
+Notation (code -> paper): ``t_c`` -> t_c, ``stride`` -> d, ``x_t`` -> x_t, ``sigma`` -> sigma_t^Ag,
+``baseline_sigma`` -> sigma_t^Ba, ``q_agent``/``q_baseline`` -> Q_t^Ag / Q_t^Ba.
+
+One module holds the single env :class:`DDIMSigmaEnv` and the natively batched :class:`DDIMSigmaVectorEnv`;
+both run the same lockstep simulator (:class:`DDIMSigmaSimulator`), the single env with one episode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from robust_envs.diffusion import NoiseModel, TimestepAttack, ddim_step, load_noise_model, predict_x0
+from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
+from robust_envs.envs._lockstep import LockstepVectorEnv
+from robust_envs.quality import QualityEvaluator, make_evaluator
+
+__all__ = ["DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "SimulatorStep"]
+
+_MODEL_CACHE: dict[tuple[str, str], NoiseModel] = {}
+_EVALUATOR_CACHE: dict[tuple[str, str], QualityEvaluator] = {}
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _get_model(model: str | NoiseModel, device: torch.device) -> NoiseModel:
+    """Load (once per process and device) a frozen noise model; a ready NoiseModel is used as given."""
+    if isinstance(model, NoiseModel):
+        return model
+    key = (str(model), str(device))
+    if key not in _MODEL_CACHE:
+        _MODEL_CACHE[key] = load_noise_model(model, device=device)
+    return _MODEL_CACHE[key]
+
+
+def _get_evaluator(evaluator: str | QualityEvaluator, device: torch.device) -> QualityEvaluator:
+    if isinstance(evaluator, QualityEvaluator):
+        return evaluator
+    key = (str(evaluator), str(device))
+    if key not in _EVALUATOR_CACHE:
+        _EVALUATOR_CACHE[key] = make_evaluator(evaluator, device=device)
+    return _EVALUATOR_CACHE[key]
+
+
+def _to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Model space [-1, 1] -> evaluator space [0, 1] (clamped)."""
+    return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class SimulatorStep:
+    """What one lockstep step of N episodes produced (all tensors ``(N,)`` float32 on the device).
+
+    Attributes:
+        reward: ``q_agent - q_baseline`` (seed 000 Eq. 18 at t = 1, Eq. 21 above).
+        q_agent: Q of the agent's x0_pred of x_{t-1} (x_0 itself at t = 1).
+        q_baseline: the same for the baseline trajectory.
+        sigma: the agent's sigma used for the step.
+        t: the timestep the action was applied at.
+        terminated: True after the step at t = 1.
+    """
+
+    reward: torch.Tensor
+    q_agent: torch.Tensor
+    q_baseline: torch.Tensor
+    sigma: torch.Tensor
+    t: int
+    terminated: bool
+
+
+class DDIMSigmaSimulator:
+    """N (agent, baseline) DDIM trajectory pairs in lockstep, all tensors on the model's device.
+
+    Per reset, each episode draws ``x_T`` from its own generator and both trajectories run the strided
+    steps above ``t_c`` with the baseline sigma (they are identical there). From ``t_c`` down to 1 the agent
+    chooses ``eta``; the baseline keeps ``baseline_sigma``. Both trajectories of an episode share ``x_T``, the
+    per-step noise ``z`` and the attack draws (common random numbers), so a reward measures the schedule.
+
+    Each step makes exactly one network call on ``2N`` samples (agent and baseline ``x_{t-1}``, at the
+    attacked timestep ``t - 1``) and one evaluator call on ``2N`` images: the call gives both the x0
+    prediction the reward scores and the ``eps`` the next step uses. The step at t = 1 ends at x_0 and needs
+    only the evaluator.
+
+    Random draws per episode and step, in order: ``z`` (shape of a sample), then one attack draw. The
+    sequence for episode ``i`` depends only on its generator, so batching does not change results.
+    """
+
+    def __init__(
+        self,
+        num_envs: int,
+        model: NoiseModel,
+        evaluator: QualityEvaluator,
+        t_c: int,
+        stride: int,
+        attack: TimestepAttack,
+        baseline_sigma: float,
+    ) -> None:
+        self.num_envs = num_envs
+        self.model = model
+        self.evaluator = evaluator
+        self.schedule = model.schedule
+        self.device = model.device
+        self.timesteps = self.schedule.timesteps(t_c, stride)
+        self.t_c = t_c
+        self.attack = attack
+        self.baseline_sigma = float(baseline_sigma)
+        self.alpha_bar = self.schedule.alpha_bar.to(self.device)  # float64: see ddim_step
+        self.shape = model.sample_shape
+        self.generators = [torch.Generator(device=self.device) for _ in range(num_envs)]
+        self.t = 0
+        self.x_agent = self.x_baseline = self.eps_agent = self.eps_baseline = torch.empty(0)
+        self.x0_agent = self.x0_baseline = torch.empty(0)
+
+    # random draws -----------------------------------------------------------------------------------
+    def _normal(self) -> torch.Tensor:
+        return randn_per_generator(self.generators, self.shape, self.device)
+
+    def _eps(self, x: torch.Tensor, t: int, repeat: int = 1) -> torch.Tensor:
+        """eps_theta at paper step ``t`` (network timestep ``t - 1`` plus this step's attack draw)."""
+        delta = self.attack.sample_delta(self.generators, self.device)
+        timestep = torch.full((self.num_envs,), float(t - 1), device=self.device) + delta
+        return self.model(x, timestep.repeat(repeat))
+
+    def _baseline_sigma(self, t: int, t_prev: int) -> float:
+        return min(self.baseline_sigma, self.schedule.sigma_max(t, t_prev))
+
+    # episode control ----------------------------------------------------------------------------------
+    def reset(self, torch_seeds: list[int] | None) -> None:
+        """Start N episodes: draw x_T, run the strided steps down to t_c and predict eps at t_c."""
+        if torch_seeds is not None:
+            for g, s in zip(self.generators, torch_seeds, strict=True):
+                g.manual_seed(int(s))
+        ts = self.timesteps
+        k = len(ts) - self.t_c  # strided steps above t_c, then x_{t_c}
+        x = ddim_steps(self.model, self._normal(), ts[: k + 1], self.generators, self.attack, self.t_c, self.baseline_sigma)
+        self.t = self.t_c
+        eps = self._eps(x, self.t_c)
+        self.x_agent, self.x_baseline = x, x.clone()
+        self.eps_agent, self.eps_baseline = eps, eps.clone()
+        self.x0_agent = predict_x0(x, eps, self.alpha_bar[self.t_c])
+        self.x0_baseline = self.x0_agent.clone()
+
+    def sigma_for(self, eta: torch.Tensor) -> torch.Tensor:
+        """The agent's sigma for eta in [0, 1] at the current step: ``eta * sigma_ddpm(t, t - 1)``."""
+        return eta * self.schedule.sigma_ddpm(self.t, self.t - 1)
+
+    def step(self, eta: torch.Tensor) -> SimulatorStep:
+        """Apply the agents' ``eta`` ``(N,)`` at the current t; returns rewards and qualities.
+
+        Raises:
+            RuntimeError: when called before :meth:`reset` or after the episode ended.
+        """
+        if self.t < 1:
+            raise RuntimeError("DDIMSigmaSimulator.step called before reset() or after the episode ended")
+        t, t_prev = self.t, self.t - 1
+        ab_t, ab_prev = self.alpha_bar[t], self.alpha_bar[t_prev]
+        sigma_a = self.sigma_for(eta)
+        z = self._normal()
+        x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
+        x_b = ddim_step(self.x_baseline, self.eps_baseline, ab_t, ab_prev, self._baseline_sigma(t, t_prev), z).x_prev
+        pair = torch.cat([x_a, x_b])
+        if t_prev >= 1:
+            eps = self._eps(pair, t_prev, repeat=2)
+            x0 = predict_x0(pair, eps, ab_prev)
+            self.eps_agent, self.eps_baseline = eps.chunk(2)
+        else:
+            x0 = pair  # x_0 itself: the final reward r_1 scores the generated images (Eq. 16-18)
+        q = self.evaluator(_to_unit(x0))
+        q_a, q_b = q.chunk(2)
+        self.x_agent, self.x_baseline = x_a, x_b
+        self.x0_agent, self.x0_baseline = x0.chunk(2)
+        self.t = t_prev
+        return SimulatorStep(reward=q_a - q_b, q_agent=q_a, q_baseline=q_b, sigma=sigma_a, t=t, terminated=t_prev == 0)
+
+
+def _validated_eta(action: Any, num_envs: int) -> np.ndarray:
+    """Actions -> eta ``(num_envs,)`` float32 in [0, 1]; raises ValueError naming the bad value."""
+    arr = np.asarray(action, dtype=np.float64)
+    if arr.shape not in ((num_envs, 1), (num_envs,)) and not (num_envs == 1 and arr.shape in ((), (1,), (1, 1))):
+        expected = "(1,)" if num_envs == 1 else f"({num_envs}, 1)"
+        raise ValueError(f"action must have shape {expected} (eta per env), got shape {arr.shape}")
+    eta = arr.reshape(num_envs)
+    bad = ~np.isfinite(eta) | (eta < 0.0) | (eta > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"action (eta) must be a finite number in [0, 1]; env {i} got {float(eta[i])}")
+    return eta.astype(np.float32)
+
+
+class _DDIMSigmaMixin:
+    """Argument checking, spaces and numpy conversion shared by the single and the vector env."""
+
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def _setup(
+        self,
+        num_envs: int,
+        t_c: int,
+        stride: int,
+        attack: str,
+        attack_scale: float,
+        attack_clip: float,
+        evaluator: str | QualityEvaluator,
+        model: str | NoiseModel,
+        device: str | torch.device | None,
+        baseline_sigma: float,
+        render_mode: str | None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if not (isinstance(baseline_sigma, (int, float)) and math.isfinite(baseline_sigma) and baseline_sigma >= 0):
+            raise ValueError(f"baseline_sigma must be a finite number >= 0, got {baseline_sigma!r}")
+        for name, value in (("t_c", t_c), ("stride", stride)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        self.render_mode = render_mode
+        dev = _resolve_device(device)
+        noise_model = _get_model(model, dev)
+        T = noise_model.schedule.num_train_timesteps
+        if not 1 <= t_c <= T:
+            raise ValueError(f"t_c must be in [1, T={T}], got {t_c}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.sim = DDIMSigmaSimulator(
+            num_envs=num_envs,
+            model=noise_model,
+            evaluator=_get_evaluator(evaluator, dev),
+            t_c=int(t_c),
+            stride=int(stride),
+            attack=TimestepAttack(kind=attack, scale=attack_scale, clip=attack_clip),
+            baseline_sigma=baseline_sigma,
+        )
+        self.t_c = int(t_c)
+        c, h, w = noise_model.sample_shape
+        self._single_obs_space = spaces.Dict(
+            {
+                "x_t": spaces.Box(-np.inf, np.inf, shape=(c, h, w), dtype=np.float32),
+                "t": spaces.Box(0.0, float(T), shape=(1,), dtype=np.float32),
+            }
+        )
+        self._single_act_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        n = self.sim.num_envs
+        return {
+            "x_t": self.sim.x_agent.detach().float().cpu().numpy(),
+            "t": np.full((n, 1), float(self.sim.t), dtype=np.float32),
+        }
+
+    def _step_info(self, out: SimulatorStep) -> dict[str, np.ndarray]:
+        info = {
+            "q_agent": out.q_agent.cpu().numpy(),
+            "q_baseline": out.q_baseline.cpu().numpy(),
+            "sigma": out.sigma.cpu().numpy(),
+            "t": np.full(self.sim.num_envs, out.t, dtype=np.int64),
+        }
+        if out.terminated:
+            info["q0_agent"] = info["q_agent"]
+            info["q0_baseline"] = info["q_baseline"]
+        return info
+
+    def _frame(self, index: int, scale: int = 4) -> np.ndarray:
+        """``(H*scale, 2*W*scale + scale, 3)`` uint8: agent x0_pred | baseline x0_pred."""
+        a, b = _to_unit(self.sim.x0_agent[index]), _to_unit(self.sim.x0_baseline[index])
+        gap = torch.ones(a.shape[0], a.shape[1], 1, device=a.device)
+        img = torch.cat([a, gap, b], dim=-1)
+        img = img.mean(0, keepdim=True).repeat(3, 1, 1) if img.shape[0] == 1 else img
+        img = img.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+        return (img.permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """Schedule the DDIM sigma of one sample near t = 0 while its noise network's timestep is attacked.
+
+    ## Description
+    A DDIM sampler (Song et al. 2020) runs from ``x_T ~ N(0, I)`` along ``t_c + K*d, ..., t_c + d, t_c, t_c - 1,
+    ..., 1, 0`` with ``K = floor((T - t_c) / d)``. Above the critical timestep ``t_c`` the baseline sigma is
+    used; from ``t_c`` to 1 (unit steps, where Lipschitz singularities make the network fragile) the agent
+    picks sigma for each step while an attacker perturbs the network's timestep input (seed 000 sec. 5.1.3).
+    A second, baseline trajectory with the fixed sigma (0: deterministic DDIM) shares ``x_T``, the noise
+    draws and the attack draws; rewards are quality differences between the two (seed 000 Eq. 16-21).
+
+    ## Action Space
+    ``Box(0, 1, (1,), float32)``: ``eta``. The agent's sigma is
+    ``sigma_t = eta * sqrt((1 - ab_{t-1}) / (1 - ab_t)) * sqrt(1 - ab_t / ab_{t-1})`` (DDIM Eq. 16; eta = 0 is
+    DDIM, eta = 1 the DDPM posterior), which always satisfies ``0 <= sigma <= sqrt(1 - alpha_bar[t-1])``. At
+    t = 1, ``alpha_bar[0] = 1`` forces sigma = 0: the last action has no effect. A NaN, infinite or
+    out-of-range eta, or a wrong shape, raises ``ValueError`` (no silent clipping).
+
+    ## Observation Space
+    ``Dict`` (seed 000 Eq. 14, ``s_t = (x_t, t)``), the agent trajectory's state:
+
+    | key   | shape       | dtype   | range          | meaning                                   |
+    |-------|-------------|---------|----------------|-------------------------------------------|
+    | x_t   | (C, H, W)   | float32 | (-inf, inf)    | current sample in model space (data in [-1, 1]) |
+    | t     | (1,)        | float32 | [0, T]         | current timestep (t_c at reset, 0 at the end) |
+
+    For the embedded default, ``(C, H, W) = (1, 28, 28)`` and T = 1000.
+
+    ## Rewards
+    ``r_t = Q(x0_pred(x_{t-1}^Ag)) - Q(x0_pred(x_{t-1}^Ba))`` for t = t_c..2 (Eq. 19-21) and
+    ``r_1 = Q(x_0^Ag) - Q(x_0^Ba)`` at t = 1 (Eq. 16-18). ``Q`` is the evaluator (scores in [1, 5]), so each
+    reward lies in [-4, 4]. ``x0_pred`` is seed 000 Eq. 10, computed from the attacked network call that the
+    next transition uses.
+
+    ## Starting State
+    ``x_{t_c}`` after the strided baseline steps from ``x_T ~ N(0, I)``.
+
+    ## Episode End
+    Terminates after exactly ``t_c`` steps (the step at t = 1 yields x_0). No truncation of its own; the
+    registered ``max_episode_steps=1000`` never binds because ``t_c <= T``.
+
+    ## Info
+    Each step: ``q_agent``, ``q_baseline`` (the two qualities), ``sigma`` (the agent's sigma), ``t`` (the
+    timestep acted at); at the end also ``q0_agent``, ``q0_baseline`` (Q of both x_0).
+
+    ## Arguments
+    - ``t_c`` (int, default 20): critical timestep, 1 <= t_c <= T; episode length.
+    - ``stride`` (int, default 50): d, the DDIM stride above t_c, >= 1.
+    - ``attack`` (str, default ``"gaussian"``): ``"gaussian"`` (the paper's) or ``"none"``.
+    - ``attack_scale`` (float, default 0.01), ``attack_clip`` (float, default 0.05): timestep units.
+    - ``evaluator`` (str or QualityEvaluator, default ``"levels"``): see :func:`robust_envs.quality.make_evaluator`.
+    - ``model`` (str or NoiseModel, default ``"embedded"``): see :func:`robust_envs.diffusion.load_noise_model`.
+    - ``device`` (str, default: CUDA if available, else CPU).
+    - ``baseline_sigma`` (float, default 0.0): the fixed sigma of the baseline (and of every step above t_c),
+      clipped per step to ``sqrt(1 - alpha_bar[t_prev])`` (documented clip).
+    - ``render_mode``: None or ``"rgb_array"`` (agent | baseline x0_pred, side by side).
+
+    ## Version History
+    - v0: initial release.
+    """
+
+    def __init__(
+        self,
+        t_c: int = 20,
+        stride: int = 50,
+        attack: str = "gaussian",
+        attack_scale: float = 0.01,
+        attack_clip: float = 0.05,
+        evaluator: str | QualityEvaluator = "levels",
+        model: str | NoiseModel = "embedded",
+        device: str | torch.device | None = None,
+        baseline_sigma: float = 0.0,
+        render_mode: str | None = None,
+    ) -> None:
+        self._setup(1, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device, baseline_sigma, render_mode)
+        self.observation_space = self._single_obs_space
+        self.action_space = self._single_act_space
+        self._needs_reset = True
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        first = self._np_random is None
+        super().reset(seed=seed)
+        torch_seeds = [int(self.np_random.integers(0, 2**62))] if (seed is not None or first) else None
+        self.sim.reset(torch_seeds)
+        self._needs_reset = False
+        return {k: v[0] for k, v in self._obs().items()}, {"t": self.sim.t}
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("DDIMSigmaEnv.step called before reset() or after the episode terminated")
+        eta = _validated_eta(action, 1)
+        out = self.sim.step(torch.as_tensor(eta, device=self.sim.device))
+        self._needs_reset = out.terminated
+        info = {k: v[0].item() for k, v in self._step_info(out).items()}
+        obs = {k: v[0] for k, v in self._obs().items()}
+        return obs, float(out.reward[0]), out.terminated, False, info
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        if self.render_mode != "rgb_array":
+            return None
+        return self._frame(0)
+
+
+class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
+    """N DDIMSigma-v0 episodes in lockstep: one network forward on 2N samples per step.
+
+    Same arguments, spaces (batched) and semantics as :class:`DDIMSigmaEnv`, plus ``num_envs`` and
+    ``autoreset_mode`` (``AutoresetMode.NEXT_STEP`` default, or ``SAME_STEP`` for SB3). Sub-env ``i`` seeded
+    with ``seed + i`` reproduces ``DDIMSigmaEnv`` reset with that seed, step for step. ``max_episode_steps``
+    (passed by ``gym.make_vec``) truncates episodes longer than it. Actions ``(num_envs, 1)`` eta in [0, 1].
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        t_c: int = 20,
+        stride: int = 50,
+        attack: str = "gaussian",
+        attack_scale: float = 0.01,
+        attack_clip: float = 0.05,
+        evaluator: str | QualityEvaluator = "levels",
+        model: str | NoiseModel = "embedded",
+        device: str | torch.device | None = None,
+        baseline_sigma: float = 0.0,
+        render_mode: str | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        max_episode_steps: int | None = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+        if max_episode_steps is not None and max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
+        LockstepVectorEnv.__init__(self, autoreset_mode)
+        self.num_envs = int(num_envs)
+        self._setup(self.num_envs, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device,
+                    baseline_sigma, render_mode)  # fmt: skip
+        self.single_observation_space = self._single_obs_space
+        self.single_action_space = self._single_act_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.max_episode_steps = max_episode_steps
+        self._elapsed = 0
+        self._seeded = False
+        self._needs_reset = True
+
+    def _reset_batch(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        torch_seeds = None
+        if seed is not None or not self._seeded:
+            rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
+            torch_seeds = [int(r.integers(0, 2**62)) for r in rngs]
+            self._seeded = True
+        self.sim.reset(torch_seeds)
+        self._elapsed = 0
+        self._needs_reset = False
+        return self._obs(), {"t": np.full(self.num_envs, self.sim.t, dtype=np.int64)}
+
+    def _step_batch(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._needs_reset:
+            raise RuntimeError("DDIMSigmaVectorEnv.step called before reset()")
+        eta = _validated_eta(actions, self.num_envs)
+        out = self.sim.step(torch.as_tensor(eta, device=self.sim.device))
+        self._elapsed += 1
+        terminated = np.full(self.num_envs, out.terminated)
+        truncated = np.full(self.num_envs, (not out.terminated) and self.max_episode_steps is not None
+                            and self._elapsed >= self.max_episode_steps)  # fmt: skip
+        self._needs_reset = bool(terminated[0] or truncated[0])
+        rewards = out.reward.cpu().numpy().astype(np.float64)
+        return self._obs(), rewards, terminated, truncated, self._step_info(out)
+
+    def render(self) -> tuple[np.ndarray, ...] | None:  # type: ignore[override]
+        if self.render_mode != "rgb_array":
+            return None
+        return tuple(self._frame(i) for i in range(self.num_envs))

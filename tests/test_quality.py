@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_envs.quality import LevelsEvaluator, PyIQAEvaluator, QAlignEvaluator, make_evaluator
+
+
+def test_levels_scorer_prefers_clean_to_degraded_images() -> None:
+    from robust_envs.data import load_fashion_mnist
+
+    evaluator = make_evaluator("levels")
+    assert isinstance(evaluator, LevelsEvaluator)
+    x = load_fashion_mnist("test").float_images()[:200]
+    g = torch.Generator().manual_seed(0)
+    noisy = (x + 0.4 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    clean_q, noisy_q = evaluator(x), evaluator(noisy)
+    assert clean_q.shape == (200,) and clean_q.dtype == torch.float32
+    assert ((clean_q >= 1) & (clean_q <= 5)).all()
+    assert clean_q.mean() > 4.0 and noisy_q.mean() < 2.0
+    # RGB is converted to grey (same score for grey repeated to 3 channels); other sizes are resized to 28 x 28
+    torch.testing.assert_close(evaluator(x[:4].repeat(1, 3, 1, 1)), clean_q[:4], atol=1e-4, rtol=0)
+    big = evaluator(torch.nn.functional.interpolate(x[:4], size=64))
+    assert big.shape == (4,) and ((big >= 1) & (big <= 5)).all()
+
+
+def test_evaluator_validates_input() -> None:
+    evaluator = make_evaluator("levels")
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        evaluator(torch.full((2, 1, 28, 28), 2.0))
+    with pytest.raises(ValueError, match="1 or 3 channels"):
+        evaluator(torch.rand(2, 2, 28, 28))
+    with pytest.raises(ValueError, match=r"float tensor \(N, C, H, W\)"):
+        evaluator(torch.rand(28, 28))
+    assert evaluator(torch.rand(0, 1, 28, 28)).shape == (0,)
+
+
+def test_pyiqa_piqe_maps_onto_one_to_five() -> None:
+    evaluator = make_evaluator("piqe")
+    assert isinstance(evaluator, PyIQAEvaluator) and evaluator.lower_better and evaluator.range == (0.0, 100.0)
+    x = torch.rand(3, 1, 32, 32)
+    raw = evaluator.metric(x.repeat(1, 3, 1, 1)).reshape(-1)
+    expected = (1 + 4 * (1 - raw / 100)).clamp(1, 5)
+    torch.testing.assert_close(evaluator(x), expected.float())
+
+
+def test_unknown_evaluator_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; valid: 'levels', 'qalign'.*piqe"):
+        make_evaluator("nope")
+
+
+def test_qalign_needs_a_gpu() -> None:
+    with pytest.raises(RuntimeError, match="qalign needs a CUDA GPU"):
+        QAlignEvaluator(device="cpu")
+
+
+def test_missing_or_corrupt_scorer_weights(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="train_levels_scorer.py"):
+        LevelsEvaluator(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="could not load levels scorer weights"):
+        LevelsEvaluator(tmp_path)
