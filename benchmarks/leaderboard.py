@@ -41,7 +41,6 @@ import torch
 from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
 from benchmarks.trainers import TRAINERS, get_trainer
 from robust_envs.attacks import radii_for
-from robust_envs.classifiers import make_classifier
 from robust_envs.data import load_dataset
 
 __all__ = [
@@ -230,8 +229,7 @@ def _train_or_load(spec: EntrySpec, device: torch.device) -> _Trained:
     if ckpt.is_file():
         blob = torch.load(ckpt, map_location=device, weights_only=False)
         if blob.get("train_fingerprint") == spec.train_fingerprint():
-            _, c, h, _ = train.images.shape
-            model = make_classifier(config.architecture, in_channels=c, num_classes=train.num_classes, image_size=h)
+            model = trainer_cls(config).build_model(train)
             model.load_state_dict(blob["state_dict"])
             cpu = blob.get("train_cpu_s")
             return _Trained(model.to(device).eval(), float(blob["train_time_s"]), cpu, True)
@@ -274,6 +272,9 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     trainer_cls = get_trainer(spec.method)
     config = spec.train_config()
     radii = radii_for(spec.dataset)
+    t1 = time.perf_counter()
+    extra = trainer_cls(config).extra_metrics(trained.model, subset, spec.dataset, cfg)
+    extra_time = time.perf_counter() - t1
     ckpt = spec.checkpoint_path()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -293,9 +294,13 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
         "train_cpu_s": trained.train_cpu_s,
         "eval_time_s": eval_time,
         "eval_cpu_s": eval_cpu,
+        "extra": extra,
+        "extra_time_s": extra_time,
         "checkpoint_reused": trained.reused,
-        "checkpoint": {"path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
-                       "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest()},  # fmt: skip
+        "checkpoint": {
+            "path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
+            "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+        },  # fmt: skip
         "hardware": _hardware(spec.threads),
         "library_versions": _versions(),
         "git": _git_at_import(),
@@ -464,7 +469,11 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             out.write("| " + " | ".join(cells) + " |\n")
         out.write("\nMethods: " + "; ".join(f"`{r['method']}`: {r['paper']}" for r in drows) + ".\n")
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
-    paths = {"md": docs_dir / "leaderboard.md", "csv": docs_dir / "leaderboard.csv", "png": docs_dir / "leaderboard.png"}
+    paths = {
+        "md": docs_dir / "leaderboard.md",
+        "csv": docs_dir / "leaderboard.csv",
+        "png": docs_dir / "leaderboard.png",
+    }
     atomic_write_bytes(paths["md"], out.getvalue().encode())
     # CSV
     buf = io.StringIO()
@@ -552,10 +561,19 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         overrides = tuple(sorted(_parse_overrides(args.train_override).items()))
         specs = [
-            EntrySpec(method=m, dataset=d, seed=s, results_dir=args.results_dir, checkpoint_dir=args.checkpoint_dir,
-                      train_overrides=overrides, eval_config=tuple(dataclasses.asdict(eval_cfg).items()),
-                      threads=args.threads)  # fmt: skip
-            for d in args.datasets for s in args.seeds for m in args.methods
+            EntrySpec(
+                method=m,
+                dataset=d,
+                seed=s,
+                results_dir=args.results_dir,
+                checkpoint_dir=args.checkpoint_dir,
+                train_overrides=overrides,
+                eval_config=tuple(dataclasses.asdict(eval_cfg).items()),
+                threads=args.threads,
+            )  # fmt: skip
+            for d in args.datasets
+            for s in args.seeds
+            for m in args.methods
         ]
         t0 = time.perf_counter()
         ran = run_leaderboard(specs, engine=args.engine, workers=args.workers, ray_address=args.ray_address)

@@ -36,8 +36,15 @@ logger = logging.getLogger(__name__)
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "fashion_mnist": {"architecture": "lenet5", "epochs": 5, "batch_size": 128, "optimizer": "adam", "lr": 1e-3},
     "cifar10": {
-        "architecture": "wrn28_10", "epochs": 100, "batch_size": 128, "optimizer": "sgd", "lr": 0.1,
-        "momentum": 0.9, "weight_decay": 2e-4, "lr_milestones": (0.75, 0.9), "augment": "crop_flip",
+        "architecture": "wrn28_10",
+        "epochs": 100,
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 2e-4,
+        "lr_milestones": (0.75, 0.9),
+        "augment": "crop_flip",
     },  # fmt: skip
     "digits": {"architecture": "small_cnn", "epochs": 3, "batch_size": 64, "optimizer": "adam", "lr": 2e-3},
 }
@@ -159,8 +166,22 @@ class Trainer(abc.ABC):
             - images: ``(B, C, H, W)`` float in [0, 1]; labels: ``(B,)`` int64. Output: scalar tensor.
         """
 
+    def extra_metrics(self, model: nn.Module, subset: Any, dataset: str, eval_cfg: Any) -> dict[str, Any]:
+        """Method-specific measurements stored under ``"extra"`` in the entry's JSON (default: none).
+
+        Called by the leaderboard after the common protocol, with the trained ``model`` (eval mode), the
+        fixed evaluation ``subset`` (a :class:`benchmarks.evaluate.EvalSubset`: images float in [0, 1], labels), the data set name and the
+        :class:`benchmarks.evaluate.EvalConfig`. Ensembles override it (DVERGE: per-submodel accuracy and the
+        within-ensemble transferability matrix). Must return JSON-ready values.
+        """
+        return {}
+
     def build_model(self, data: ImageSplit) -> nn.Module:
-        """A fresh classifier for ``data`` (channels, classes and image size taken from it)."""
+        """A fresh classifier for ``data`` (channels, classes and image size taken from it).
+
+        The leaderboard also calls it to rebuild a checkpointed model before ``load_state_dict``, so a
+        method with another architecture (an ensemble) overrides it.
+        """
         _, c, h, _ = data.images.shape
         return make_classifier(self.config.architecture, in_channels=c, num_classes=data.num_classes, image_size=h)
 
