@@ -16,7 +16,15 @@ import torch.nn.functional as F
 
 from benchmarks import leaderboard
 from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
-from benchmarks.trainers import TRAINERS, PGDATTrainer, TRADESConfig, TrainConfig, Trainer, get_trainer
+from benchmarks.trainers import (
+    TRAINERS,
+    PGDATTrainer,
+    PolicyLossTrainer,
+    TRADESConfig,
+    TrainConfig,
+    Trainer,
+    get_trainer,
+)
 from robust_envs.attacks import protocol_suite
 from robust_envs.classifiers import make_classifier
 from robust_envs.data import DatasetNotFoundError, find_fashion_mnist, load_dataset
@@ -32,11 +40,18 @@ QUICK = ["--datasets", "digits", "--n-eval", "40", "--no-autoattack", "--square-
 
 
 def _dirs(tmp: Path) -> list[str]:
-    return ["--results-dir", str(tmp / "results"), "--checkpoint-dir", str(tmp / "ckpt"), "--docs-dir", str(tmp / "docs")]
+    return [
+        "--results-dir",
+        str(tmp / "results"),
+        "--checkpoint-dir",
+        str(tmp / "ckpt"),
+        "--docs-dir",
+        str(tmp / "docs"),
+    ]
 
 
 def test_registry_and_configs() -> None:
-    assert list(TRAINERS) == ["standard", "pgd_at", "trades"]
+    assert {"standard", "pgd_at", "trades", "policy_loss"} <= set(TRAINERS)
     cfg = get_trainer("trades").default_config("fashion_mnist")
     assert isinstance(cfg, TRADESConfig) and cfg.beta == 6.0 and cfg.eps_linf == 0.1 and cfg.architecture == "lenet5"
     c10 = PGDATTrainer.default_config("cifar10")
@@ -90,7 +105,9 @@ def test_resume_after_kill_loses_no_finished_entry(tmp_path: Path) -> None:
     for blob in finished.values():
         json.loads(blob)  # complete files only: writes are atomic
     # run again (in-process): finishes the rest, leaves finished entries untouched
-    assert leaderboard.main(["run", "--methods", "standard", "--seeds", "0", "1", "2", "3", *QUICK, *_dirs(tmp_path)]) == 0
+    assert (
+        leaderboard.main(["run", "--methods", "standard", "--seeds", "0", "1", "2", "3", *QUICK, *_dirs(tmp_path)]) == 0
+    )
     names = sorted(f.name for f in out.glob("*.json"))
     assert names == [f"standard_seed{s}.json" for s in range(4)]
     for name, blob in finished.items():
@@ -113,6 +130,17 @@ class _GaussianAugmentTrainer(Trainer):
     def loss(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         noisy = (images + self.config.sigma * torch.randn_like(images)).clamp(0, 1)  # type: ignore[attr-defined]
         return F.cross_entropy(model(noisy), labels)
+
+
+def test_policy_loss_trainer_runs_through_the_runner(tmp_path: Path) -> None:
+    # seed 003's trainer learns through ClassifierReward-v0; the runner evaluates it like any other method
+    assert leaderboard.main(["run", "--methods", "policy_loss", "--seeds", "0", *QUICK, *_dirs(tmp_path)]) == 0
+    rec = json.loads((tmp_path / "results" / "digits" / "policy_loss_seed0.json").read_text())
+    assert REQUIRED_FIELDS <= set(rec) and rec["train_config"]["mode"] == "eq12_eq4"
+    assert 0.0 <= rec["robust_acc"] <= rec["clean_acc"] <= 1.0  # learning itself: tests/test_policy_loss.py
+    assert (tmp_path / "ckpt" / "digits" / "policy_loss_seed0.pt").is_file()
+    with pytest.raises(ValueError, match="train split"):
+        PolicyLossTrainer(PolicyLossTrainer.default_config("digits")).train(load_dataset("digits", "test"))
 
 
 def test_new_method_plugs_in_via_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -160,12 +188,25 @@ def test_committed_result_recomputes(method: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ROBUST_ENVS_TEST_RAY") != "1",
-                    reason="starting Ray takes about a minute on 2 cores: set ROBUST_ENVS_TEST_RAY=1 (needs the ray extra)")
+@pytest.mark.skipif(
+    os.environ.get("ROBUST_ENVS_TEST_RAY") != "1",
+    reason="starting Ray takes about a minute on 2 cores: set ROBUST_ENVS_TEST_RAY=1 (needs the ray extra)",
+)
 def test_ray_engine_runs_an_entry(tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
     try:
-        args = ["run", "--engine", "ray", "--methods", "standard", "--seeds", "0", *QUICK, *_dirs(tmp_path), "--no-tables"]
+        args = [
+            "run",
+            "--engine",
+            "ray",
+            "--methods",
+            "standard",
+            "--seeds",
+            "0",
+            *QUICK,
+            *_dirs(tmp_path),
+            "--no-tables",
+        ]
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # fmt: skip
         assert leaderboard.main(args) == 0

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
+from benchmarks.trainers.policy_loss import PolicyLossConfig, PolicyLossTrainer
 
 __all__ = [
     "DATASET_DEFAULTS",
     "TRAINERS",
     "AdvConfig",
     "PGDATTrainer",
+    "PolicyLossConfig",
+    "PolicyLossTrainer",
     "StandardTrainer",
     "TRADESConfig",
     "TRADESTrainer",
@@ -28,6 +31,7 @@ TRAINERS: dict[str, type[Trainer]] = {
     StandardTrainer.name: StandardTrainer,
     PGDATTrainer.name: PGDATTrainer,
     TRADESTrainer.name: TRADESTrainer,
+    PolicyLossTrainer.name: PolicyLossTrainer,
 }
 
 

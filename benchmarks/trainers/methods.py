@@ -114,9 +114,7 @@ class TRADESTrainer(Trainer):
     """
 
     name: ClassVar[str] = "trades"
-    paper: ClassVar[str] = (
-        "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019"
-    )
+    paper: ClassVar[str] = "Zhang et al., Theoretically Principled Trade-off between Robustness and Accuracy, ICML 2019"
     config_cls: ClassVar[type[TrainConfig]] = TRADESConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fashion_mnist": {**_FMNIST_ADV, "beta": 6.0},
