@@ -7,12 +7,23 @@ To add a method: write a ``Trainer`` subclass (``name``, ``paper``, ``config_cls
 from __future__ import annotations
 
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
+from benchmarks.trainers.dverge import DVERGEAdvTTrainer, DVERGEConfig, DVERGETrainer, Ensemble
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
+from benchmarks.trainers.mng_ac import AdvAvgTrainer, AdvMaxTrainer, MNGACConfig, MNGACTrainer, MultiNormConfig
 
 __all__ = [
     "DATASET_DEFAULTS",
     "TRAINERS",
+    "AdvAvgTrainer",
     "AdvConfig",
+    "AdvMaxTrainer",
+    "DVERGEAdvTTrainer",
+    "DVERGEConfig",
+    "DVERGETrainer",
+    "Ensemble",
+    "MNGACConfig",
+    "MNGACTrainer",
+    "MultiNormConfig",
     "PGDATTrainer",
     "StandardTrainer",
     "TRADESConfig",
@@ -28,6 +39,11 @@ TRAINERS: dict[str, type[Trainer]] = {
     StandardTrainer.name: StandardTrainer,
     PGDATTrainer.name: PGDATTrainer,
     TRADESTrainer.name: TRADESTrainer,
+    DVERGETrainer.name: DVERGETrainer,
+    DVERGEAdvTTrainer.name: DVERGEAdvTTrainer,
+    MNGACTrainer.name: MNGACTrainer,
+    AdvAvgTrainer.name: AdvAvgTrainer,
+    AdvMaxTrainer.name: AdvMaxTrainer,
 }
 
 
