@@ -25,6 +25,7 @@ from robust_envs.data import load_dataset
 
 
 def main(argv: list[str]) -> int:
+    """Train ``argv[0]`` with JSON overrides ``argv[1]`` and print the calibration JSON line."""
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO)
     method, overrides = argv[0], json.loads(argv[1]) if len(argv) > 1 else {}

@@ -107,7 +107,10 @@ def _missing(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str], se
 def _missing_block(missing: list[str]) -> list[str]:
     if not missing:
         return ["All expected entries are present.", ""]
-    return ["**Missing entries** (not in the results folder; rows below use what exists): " + "; ".join(missing) + ".", ""]
+    return [
+        "**Missing entries** (not in the results folder; rows below use what exists): " + "; ".join(missing) + ".",
+        "",
+    ]
 
 
 def _protocol_table(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> list[str]:
@@ -147,7 +150,7 @@ def dverge_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
              "Yang et al. 2020). Values: accuracy in %, mean ± sample std over seeds (n = seeds present).", ""]  # fmt: skip
     lines += _missing_block(_missing(groups, DVERGE_METHODS, seeds))
     lines += ["## Full protocol", ""] + _protocol_table(groups, ["standard", "pgd_at", *DVERGE_METHODS])
-    for method, seed_table in zip(DVERGE_METHODS, SEED_DVERGE_TABLES):
+    for method, seed_table in zip(DVERGE_METHODS, SEED_DVERGE_TABLES, strict=True):
         recs = [r for r in groups.get(method, []) if isinstance(r.get("extra"), dict) and "accuracy" in r["extra"]]
         lines += [f"## `{method}`: submodels and mixture (the seed's Table 1-3 columns)", ""]
         if not recs:
@@ -188,7 +191,9 @@ def dverge_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
             lines += ["Within-ensemble transferability (row: submodel the PGD-Linf examples are crafted on; column: "
                       f"submodel evaluated; accuracy in %, mean over {len(mats)} seed(s)):", "",
                       "| from \\ to | " + " | ".join(f"submodel_{j}" for j in range(k)) + " |", "|---" * (k + 1) + "|"]  # fmt: skip
-            lines += [f"| submodel_{i} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |" for i, row in enumerate(mean)]
+            lines += [
+                f"| submodel_{i} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |" for i, row in enumerate(mean)
+            ]
             diag = statistics.fmean(mean[i][i] for i in range(k))
             off = statistics.fmean(mean[i][j] for i in range(k) for j in range(k) if i != j)
             verdict = ("the vulnerabilities are diversified: examples of one submodel transfer poorly to the others"
@@ -235,13 +240,16 @@ def mng_ac_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
     lines.append(f"- average: MNG-AC {avg['mng_ac'].pct()} is **{_compare(avg['mng_ac'], avg['pgd_at'])}** `pgd_at` "
                  f"{avg['pgd_at'].pct()} (seed 002: {SEED_MNG_AC_TABLE['MNG-AC'][5]:g} vs {SEED_MNG_AC_TABLE['Adv_inf'][5]:g}).")  # fmt: skip
     headline = _compare(union["mng_ac"], union["pgd_at"])
-    holds = {"above": "holds", "below": "is reversed", "within noise of": "is not resolved"}.get(headline, "cannot be checked yet")
+    holds = {"above": "holds", "below": "is reversed", "within noise of": "is not resolved"}.get(
+        headline, "cannot be checked yet"
+    )
     lines += ["", f"The seed's headline ordering (MNG-AC's union accuracy above single-norm Linf adversarial "
               f"training) **{holds}** here. 'Above' / 'below' need a gap larger than the larger std and 1 point.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """CLI: write docs/dverge.md and docs/mng_ac.md; returns 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--docs-dir", type=Path, default=REPO_ROOT / "docs")

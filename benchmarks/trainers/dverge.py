@@ -82,7 +82,8 @@ class Ensemble(nn.Module):
 def feature_layers(model: nn.Module) -> list[nn.Module]:
     """The Conv2d and Linear modules of ``model`` in registration order (execution order for LeNet-5,
     the small CNN and WRN blocks): the candidate layers l of Eq. 1, their outputs taken before the ReLU as
-    in the reference code (``before_relu=True``)."""
+    in the reference code (``before_relu=True``).
+    """
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
@@ -279,13 +280,16 @@ class DVERGETrainer(Trainer):
         self, i: int, model: nn.Module, distilled: Sequence[torch.Tensor], x_s: torch.Tensor, y_s: torch.Tensor
     ) -> torch.Tensor:
         """Eq. 4 for submodel ``i``: clean (or, for AdvT, adversarial) CE on the source batch plus
-        ``diversity_coeff * sum_{j != i} CE(f_i(x'_j), y_s)``; ``distilled[j]`` is x'_j ``(B, C, H, W)``."""
+        ``diversity_coeff * sum_{j != i} CE(f_i(x'_j), y_s)``; ``distilled[j]`` is x'_j ``(B, C, H, W)``.
+        """
         cfg = self.config
         assert isinstance(cfg, DVERGEConfig)
         div = sum(F.cross_entropy(model(d), y_s) for j, d in enumerate(distilled) if j != i)
         loss = cfg.diversity_coeff * div
         if self.adversarial:
-            attack = torchattacks.PGD(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha, steps=cfg.adv_steps, random_start=True)
+            attack = torchattacks.PGD(
+                model, eps=cfg.adv_eps, alpha=cfg.adv_alpha, steps=cfg.adv_steps, random_start=True
+            )
             adv = attack(x_s, y_s)
             model.train()
             loss = loss + F.cross_entropy(model(adv), y_s)
@@ -343,7 +347,10 @@ class DVERGETrainer(Trainer):
             target_order = torch.randperm(n, generator=gen)[:per_epoch]
             total, count = 0.0, 0
             for start in range(0, per_epoch, cfg.batch_size):
-                s_idx, t_idx = source_order[start : start + cfg.batch_size], target_order[start : start + cfg.batch_size]
+                s_idx, t_idx = (
+                    source_order[start : start + cfg.batch_size],
+                    target_order[start : start + cfg.batch_size],
+                )
                 x_s, x_t = images[s_idx], images[t_idx]
                 if cfg.augment == "crop_flip":
                     x_s, x_t = _augment_crop_flip(x_s, gen), _augment_crop_flip(x_t, gen)
@@ -353,7 +360,7 @@ class DVERGETrainer(Trainer):
                 distilled = [feature_distillation(m, x_s, x_t, layer, cfg.distill_eps, cfg.distill_alpha, cfg.distill_steps)
                              for m in models]  # fmt: skip
                 batch_loss = 0.0
-                for i, (m, opt) in enumerate(zip(models, opts)):
+                for i, (m, opt) in enumerate(zip(models, opts, strict=True)):
                     m.train()
                     loss = self.submodel_loss(i, m, distilled, x_s, y_s)
                     opt.zero_grad(set_to_none=True)
@@ -398,8 +405,12 @@ class DVERGETrainer(Trainer):
             }  # fmt: skip
         return {
             "n_points": n,
-            "attacks": {"fgsm": f"Linf eps {radii.eps_linf}", "pgd_linf": f"Linf eps {radii.eps_linf}, 20 steps of eps/4",
-                        "pgd_l2": f"L2 eps {radii.eps_l2}, 50 steps of eps/5", "transfer": "pgd_linf"},  # fmt: skip
+            "attacks": {
+                "fgsm": f"Linf eps {radii.eps_linf}",
+                "pgd_linf": f"Linf eps {radii.eps_linf}, 20 steps of eps/4",
+                "pgd_l2": f"L2 eps {radii.eps_l2}, 50 steps of eps/5",
+                "transfer": "pgd_linf",
+            },  # fmt: skip
             "accuracy": table,
             "transfer": transferability_matrix(list(model.submodels), x, y, radii.eps_linf),
         }
@@ -433,7 +444,8 @@ def transferability_matrix(
 class DVERGEAdvTTrainer(DVERGETrainer):
     """DVERGE+AdvT (seed Sec. 4; the reference's ``--plus-adv``): each submodel's Eq. 4 loss uses its own PGD
     adversarial examples of the source batch instead of the clean images, so the submodels learn robust
-    features while their remaining vulnerabilities are diversified."""
+    features while their remaining vulnerabilities are diversified.
+    """
 
     name: ClassVar[str] = "dverge_advt"
     adversarial: ClassVar[bool] = True
@@ -445,4 +457,3 @@ class DVERGEAdvTTrainer(DVERGETrainer):
         "cifar10": {**_CIFAR_DVERGE, "epochs": 50, "lr_milestones": (0.5, 0.75)},
         "digits": _DIGITS_DVERGE,
     }
-

@@ -146,7 +146,7 @@ def lookahead_params(
     params = dict(model.named_parameters())
     loss = F.cross_entropy(functional_call(model, params, (images,)), labels)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-    return {name: p - lr * g for (name, p), g in zip(params.items(), grads)}
+    return {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
 
 
 @dataclass
@@ -235,7 +235,8 @@ def multi_norm_attack(
 
 def one_cycle_lr(step: int, total_steps: int, lr_max: float) -> float:
     """The reference's triangular schedule: linear from 0 to ``lr_max`` over the first 2/5 of the run, then
-    linear to 0 at ``total_steps`` (``step`` 1-based)."""
+    linear to 0 at ``total_steps`` (``step`` 1-based).
+    """
     t = step / total_steps
     return lr_max * (t / 0.4 if t <= 0.4 else max(0.0, (1.0 - t) / 0.6))
 
@@ -338,7 +339,7 @@ class MNGACTrainer(Trainer):
         params = lookahead_params(model, x_aug, y, lookahead_lr)
         meta_loss = F.cross_entropy(functional_call(model, params, (x_adv,)), y)
         grads = torch.autograd.grad(meta_loss, list(generator.parameters()))
-        for p, g in zip(generator.parameters(), grads):
+        for p, g in zip(generator.parameters(), grads, strict=True):
             p.grad = g
         gen_opt.step()
         gen_opt.zero_grad(set_to_none=True)
@@ -400,7 +401,9 @@ class MNGACTrainer(Trainer):
                 with torch.no_grad():
                     x_aug = project_noise(x, generator(x), norm, cfg.eps(norm))
                 logits_clean, logits_adv, logits_aug = model(x), model(x_adv), model(x_aug)  # 3. classifier
-                loss = F.cross_entropy(logits_adv, y) + cfg.js_weight * js_consistency([logits_clean, logits_adv, logits_aug])
+                loss = F.cross_entropy(logits_adv, y) + cfg.js_weight * js_consistency(
+                    [logits_clean, logits_adv, logits_aug]
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
