@@ -7,13 +7,24 @@ To add a method: write a ``Trainer`` subclass (``name``, ``paper``, ``config_cls
 from __future__ import annotations
 
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
+from benchmarks.trainers.dverge import DVERGEAdvTTrainer, DVERGEConfig, DVERGETrainer, Ensemble
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
+from benchmarks.trainers.mng_ac import AdvAvgTrainer, AdvMaxTrainer, MNGACConfig, MNGACTrainer, MultiNormConfig
 from benchmarks.trainers.policy_loss import PolicyLossConfig, PolicyLossTrainer
 
 __all__ = [
     "DATASET_DEFAULTS",
     "TRAINERS",
+    "AdvAvgTrainer",
     "AdvConfig",
+    "AdvMaxTrainer",
+    "DVERGEAdvTTrainer",
+    "DVERGEConfig",
+    "DVERGETrainer",
+    "Ensemble",
+    "MNGACConfig",
+    "MNGACTrainer",
+    "MultiNormConfig",
     "PGDATTrainer",
     "PolicyLossConfig",
     "PolicyLossTrainer",
@@ -32,6 +43,11 @@ TRAINERS: dict[str, type[Trainer]] = {
     PGDATTrainer.name: PGDATTrainer,
     TRADESTrainer.name: TRADESTrainer,
     PolicyLossTrainer.name: PolicyLossTrainer,
+    DVERGETrainer.name: DVERGETrainer,
+    DVERGEAdvTTrainer.name: DVERGEAdvTTrainer,
+    MNGACTrainer.name: MNGACTrainer,
+    AdvAvgTrainer.name: AdvAvgTrainer,
+    AdvMaxTrainer.name: AdvMaxTrainer,
 }
 
 

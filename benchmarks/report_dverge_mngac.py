@@ -1,0 +1,267 @@
+"""Write docs/dverge.md and docs/mng_ac.md from the leaderboard JSONs (issue 6).
+
+Every number and every verdict sentence is computed from ``benchmarks/results/<dataset>/*.json``; the
+seeds' table values are quoted (constants below, with their source) for comparison only. Missing entries
+are listed, not guessed.
+
+Usage::
+
+    python -m benchmarks.report_dverge_mngac [--dataset fashion_mnist] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SEED_MNG_AC_TABLE", "SEED_DVERGE_TABLES", "Stat", "dverge_report", "main", "mng_ac_report", "stat"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: Seed 004 (Kretz & Ngau 2023), Tables 2 and 3, CIFAR-10, accuracy in %: clean, FGSM, PGD Linf, PGD L2.
+SEED_DVERGE_TABLES: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "DVERGE (200 epochs), Table 2": {
+        "submodel_0": (56.91, 7.13, 1.563, 24.02), "submodel_1": (56.91, 6.35, 0.684, 24.80),
+        "submodel_2": (62.10, 8.40, 1.465, 30.18), "mixture": (67.38, 34.67, 10.55, 44.82),
+    },
+    "DVERGE+AdvT (50 epochs), Table 3": {
+        "submodel_0": (61.17, 27.25, 21.58, 53.91), "submodel_1": (62.03, 27.54, 20.51, 56.35),
+        "submodel_2": (65.23, 27.73, 20.02, 57.62), "mixture": (63.43, 33.40, 27.15, 59.57),
+    },
+}  # fmt: skip
+#: Seed 002 (Madaan et al. 2021), CIFAR-10 multi-perturbation table, %: clean, Linf, L1, L2, union, avg, time (h).
+SEED_MNG_AC_TABLE: dict[str, tuple[float, ...]] = {
+    "Nat": (94.7, 0.0, 0.0, 0.4, 0.0, 0.0, 0.4),
+    "Adv_inf": (86.8, 44.9, 26.2, 55.0, 25.6, 41.9, 4.5),
+    "TRADES_inf": (84.7, 48.9, 32.3, 57.8, 31.5, 46.3, 5.2),
+    "Adv_avg": (86.0, 34.1, 61.3, 65.7, 34.1, 53.7, 16.9),
+    "Adv_max": (84.2, 39.9, 57.9, 64.5, 39.7, 54.1, 16.3),
+    "MSD": (82.7, 43.5, 54.3, 63.1, 42.7, 53.6, 16.7),
+    "MNG-AC": (81.7, 41.4, 65.4, 65.2, 41.4, 57.2, 8.4),
+}
+#: leaderboard method -> the seed table's row name.
+MNG_METHODS: dict[str, str] = {
+    "standard": "Nat", "pgd_at": "Adv_inf", "trades": "TRADES_inf", "adv_avg": "Adv_avg", "adv_max": "Adv_max",
+    "mng_ac": "MNG-AC",
+}  # fmt: skip
+DVERGE_METHODS = ("dverge", "dverge_advt")
+_DV_COLS = ("clean", "fgsm", "pgd_linf", "pgd_l2")
+
+
+class Stat:
+    """Mean, sample standard deviation (0 for one value) and count of a list of numbers."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = [float(v) for v in values]
+        self.n = len(self.values)
+        self.mean = statistics.fmean(self.values) if self.values else math.nan
+        self.std = statistics.stdev(self.values) if self.n > 1 else 0.0
+
+    def pct(self) -> str:
+        """``mean ± std (n)`` in percent, or an em dash when empty."""
+        if not self.n:
+            return "—"
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f} (n={self.n})"
+
+
+def stat(records: Sequence[dict[str, Any]], path: str) -> Stat:
+    """:class:`Stat` of the value at dotted ``path`` (``"norm_acc.Linf"``) over the records that have it."""
+    out = []
+    for r in records:
+        v: Any = r
+        for key in path.split("."):
+            v = v.get(key) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)):
+            out.append(float(v))
+    return Stat(out)
+
+
+def load(results_dir: Path, dataset: str) -> dict[str, list[dict[str, Any]]]:
+    """Entries of ``dataset`` grouped by method, sorted by seed."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    folder = results_dir / dataset
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        rec = json.loads(path.read_text())
+        if rec.get("dataset", dataset) == dataset and "method" in rec:
+            groups.setdefault(rec["method"], []).append(rec)
+    for recs in groups.values():
+        recs.sort(key=lambda r: r.get("seed", 0))
+    return groups
+
+
+def _missing(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    out = []
+    for m in methods:
+        have = {r.get("seed") for r in groups.get(m, [])}
+        gone = [s for s in seeds if s not in have]
+        if gone:
+            out.append(f"`{m}` seed(s) {', '.join(map(str, gone))}")
+    return out
+
+
+def _missing_block(missing: list[str]) -> list[str]:
+    if not missing:
+        return ["All expected entries are present.", ""]
+    return [
+        "**Missing entries** (not in the results folder; rows below use what exists): " + "; ".join(missing) + ".",
+        "",
+    ]
+
+
+def _protocol_table(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> list[str]:
+    cols = [("clean", "clean_acc"), ("Linf", "norm_acc.Linf"), ("L1", "norm_acc.L1"), ("L2", "norm_acc.L2"),
+            ("union", "union_acc"), ("average", "average_acc"), ("A_rob", "robust_acc"), ("AutoAttack", "autoattack_acc")]  # fmt: skip
+    lines = ["| method | " + " | ".join(c for c, _ in cols) + " | training time (s) | masking flags |",
+             "|---" * (len(cols) + 3) + "|"]  # fmt: skip
+    for m in methods:
+        recs = groups.get(m, [])
+        if not recs:
+            lines.append(f"| {m} | " + " | ".join("—" for _ in cols) + " | — | — |")
+            continue
+        t = stat(recs, "train_time_s")
+        flags = sum(bool(r.get("masking", {}).get("any")) for r in recs)
+        lines.append(f"| {m} | " + " | ".join(stat(recs, p).pct() for _, p in cols)
+                     + f" | {t.mean:.0f} ± {t.std:.0f} | {flags}/{len(recs)} |")  # fmt: skip
+    return lines + [""]
+
+
+def _compare(a: Stat, b: Stat) -> str:
+    """'above' / 'below' / 'within noise of' for mean a vs mean b (noise: the larger std, at least 1 point)."""
+    if not a.n or not b.n:
+        return "not comparable (missing entries) with"
+    margin = max(a.std, b.std, 0.01)
+    if a.mean - b.mean > margin:
+        return "above"
+    if b.mean - a.mean > margin:
+        return "below"
+    return "within noise of"
+
+
+def dverge_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: Sequence[int]) -> str:
+    """Markdown of docs/dverge.md."""
+    lines = [f"# DVERGE and DVERGE+AdvT on {dataset} (generated)", "",
+             "Generated by `python -m benchmarks.report_dverge_mngac` from `benchmarks/results/"
+             f"{dataset}/*.json`; do not edit by hand. Method: `benchmarks/trainers/dverge.py` (seed 004, "
+             "Yang et al. 2020). Values: accuracy in %, mean ± sample std over seeds (n = seeds present).", ""]  # fmt: skip
+    lines += _missing_block(_missing(groups, DVERGE_METHODS, seeds))
+    lines += ["## Full protocol", ""] + _protocol_table(groups, ["standard", "pgd_at", *DVERGE_METHODS])
+    for method, seed_table in zip(DVERGE_METHODS, SEED_DVERGE_TABLES, strict=True):
+        recs = [r for r in groups.get(method, []) if isinstance(r.get("extra"), dict) and "accuracy" in r["extra"]]
+        lines += [f"## `{method}`: submodels and mixture (the seed's Table 1-3 columns)", ""]
+        if not recs:
+            lines += [f"No `{method}` entries with per-submodel metrics yet.", ""]
+            continue
+        ex0 = recs[0]["extra"]
+        lines += [f"On the first {ex0.get('n_points')} evaluation points; attacks: "
+                  + ", ".join(f"{k}: {v}" for k, v in ex0.get("attacks", {}).items()) + ".", ""]  # fmt: skip
+        members = list(ex0["accuracy"])
+        lines += ["| model | clean | FGSM | PGD Linf | PGD L2 | seed 004 (CIFAR-10): clean / FGSM / PGD Linf / PGD L2 |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        stats = {mem: {c: stat(recs, f"extra.accuracy.{mem}.{c}") for c in _DV_COLS} for mem in members}
+        for mem in members:
+            quoted = SEED_DVERGE_TABLES[seed_table].get(mem)
+            q = " / ".join(f"{v:g}" for v in quoted) if quoted else "—"
+            lines.append(f"| {mem} | " + " | ".join(stats[mem][c].pct() for c in _DV_COLS) + f" | {q} |")
+        lines += ["", f"Seed's row source: {seed_table}.", ""]
+        subs = [m for m in members if m != "mixture"]
+        verdicts = []
+        for c in _DV_COLS:
+            best = max(subs, key=lambda s: stats[s][c].mean)
+            word = _compare(stats["mixture"][c], stats[best][c])
+            per_seed = sum(
+                r["extra"]["accuracy"]["mixture"][c] > max(r["extra"]["accuracy"][s][c] for s in subs) for r in recs
+            )
+            verdicts.append(f"- {c}: mixture {stats['mixture'][c].pct()} is **{word}** the best submodel "
+                            f"({best}, {stats[best][c].pct()}); above every submodel in {per_seed} of {len(recs)} seeds.")  # fmt: skip
+        seed_holds = all(
+            SEED_DVERGE_TABLES[seed_table]["mixture"][k] > max(SEED_DVERGE_TABLES[seed_table][s][k] for s in SEED_DVERGE_TABLES[seed_table] if s != "mixture")
+            for k in range(4)
+        )  # fmt: skip
+        lines += [f"Ordering check (the seed's {seed_table}: mixture above every submodel in all four columns: "
+                  f"{'yes' if seed_holds else 'not in every column'}). Here:", ""] + verdicts + [""]  # fmt: skip
+        mats = [r["extra"]["transfer"] for r in recs if "transfer" in r["extra"]]
+        if mats:
+            k = len(mats[0])
+            mean = [[statistics.fmean(m[i][j] for m in mats) for j in range(k)] for i in range(k)]
+            lines += ["Within-ensemble transferability (row: submodel the PGD-Linf examples are crafted on; column: "
+                      f"submodel evaluated; accuracy in %, mean over {len(mats)} seed(s)):", "",
+                      "| from \\ to | " + " | ".join(f"submodel_{j}" for j in range(k)) + " |", "|---" * (k + 1) + "|"]  # fmt: skip
+            lines += [
+                f"| submodel_{i} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |" for i, row in enumerate(mean)
+            ]
+            diag = statistics.fmean(mean[i][i] for i in range(k))
+            off = statistics.fmean(mean[i][j] for i in range(k) for j in range(k) if i != j)
+            verdict = ("the vulnerabilities are diversified: examples of one submodel transfer poorly to the others"
+                       if off - diag > 0.2 else "transfer stays high: the submodels still share vulnerabilities"
+                       if off - diag < 0.05 else "transfer is partly reduced")  # fmt: skip
+            lines += ["", f"Mean white-box (diagonal) accuracy {100 * diag:.1f} %, mean transfer (off-diagonal) accuracy "
+                      f"{100 * off:.1f} %: {verdict}.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def mng_ac_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: Sequence[int]) -> str:
+    """Markdown of docs/mng_ac.md."""
+    methods = list(MNG_METHODS)
+    lines = [f"# MNG-AC and multi-norm adversarial training on {dataset} (generated)", "",
+             "Generated by `python -m benchmarks.report_dverge_mngac` from `benchmarks/results/"
+             f"{dataset}/*.json`; do not edit by hand. Methods: `benchmarks/trainers/mng_ac.py` (seed 002, "
+             "Madaan et al. 2021; Adv_avg / Adv_max of Tramer & Boneh 2019). Accuracy in %, mean ± sample "
+             "std over seeds (n = seeds present). MSD is not implemented.", ""]  # fmt: skip
+    lines += _missing_block(_missing(groups, ["pgd_at", "adv_avg", "adv_max", "mng_ac"], seeds))
+    lines += ["## The seed's columns", "", "| method | clean | Linf | L1 | L2 | union | average | training time (s) |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    paths = ["clean_acc", "norm_acc.Linf", "norm_acc.L1", "norm_acc.L2", "union_acc", "average_acc"]
+    for m in methods:
+        recs = groups.get(m, [])
+        t = stat(recs, "train_time_s")
+        time_s = f"{t.mean:.0f} ± {t.std:.0f}" if t.n else "—"
+        lines.append(f"| {m} | " + " | ".join(stat(recs, p).pct() for p in paths) + f" | {time_s} |")
+    lines += ["", "Seed 002's CIFAR-10 table (WRN-28-10; time in hours on a GPU) for comparison:", "",
+              "| row | clean | Linf | L1 | L2 | union | average | time (h) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {k} | " + " | ".join(f"{v:g}" for v in row) + " |" for k, row in SEED_MNG_AC_TABLE.items()]
+    lines += ["", "## Full protocol", ""] + _protocol_table(groups, methods)
+    union = {m: stat(groups.get(m, []), "union_acc") for m in methods}
+    avg = {m: stat(groups.get(m, []), "average_acc") for m in methods}
+    seed_union = {MNG_METHODS[m]: SEED_MNG_AC_TABLE[MNG_METHODS[m]][4] for m in methods}
+    lines += ["## Orderings", ""]
+    for other in ("pgd_at", "adv_avg", "adv_max", "trades"):
+        s_word = "above" if seed_union["MNG-AC"] > seed_union[MNG_METHODS[other]] else "not above"
+        lines.append(f"- union: MNG-AC {union['mng_ac'].pct()} is **{_compare(union['mng_ac'], union[other])}** "
+                     f"`{other}` {union[other].pct()} (seed 002: MNG-AC {seed_union['MNG-AC']:g} {s_word} "
+                     f"{MNG_METHODS[other]} {seed_union[MNG_METHODS[other]]:g}).")  # fmt: skip
+    for other in ("adv_avg", "adv_max"):
+        lines.append(f"- union: `{other}` {union[other].pct()} is **{_compare(union[other], union['pgd_at'])}** "
+                     f"single-norm `pgd_at` {union['pgd_at'].pct()}.")  # fmt: skip
+    lines.append(f"- average: MNG-AC {avg['mng_ac'].pct()} is **{_compare(avg['mng_ac'], avg['pgd_at'])}** `pgd_at` "
+                 f"{avg['pgd_at'].pct()} (seed 002: {SEED_MNG_AC_TABLE['MNG-AC'][5]:g} vs {SEED_MNG_AC_TABLE['Adv_inf'][5]:g}).")  # fmt: skip
+    headline = _compare(union["mng_ac"], union["pgd_at"])
+    holds = {"above": "holds", "below": "is reversed", "within noise of": "is not resolved"}.get(
+        headline, "cannot be checked yet"
+    )
+    lines += ["", f"The seed's headline ordering (MNG-AC's union accuracy above single-norm Linf adversarial "
+              f"training) **{holds}** here. 'Above' / 'below' need a gap larger than the larger std and 1 point.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: write docs/dverge.md and docs/mng_ac.md; returns 0."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--docs-dir", type=Path, default=REPO_ROOT / "docs")
+    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    groups = load(args.results_dir, args.dataset)
+    args.docs_dir.mkdir(parents=True, exist_ok=True)
+    (args.docs_dir / "dverge.md").write_text(dverge_report(groups, args.dataset, args.seeds))
+    (args.docs_dir / "mng_ac.md").write_text(mng_ac_report(groups, args.dataset, args.seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
