@@ -6,12 +6,16 @@ To add a method: write a ``Trainer`` subclass (``name``, ``paper``, ``config_cls
 
 from __future__ import annotations
 
+from benchmarks.trainers.adt import ADTEXPAMTrainer, ADTEXPTrainer, ADTIMPAMTrainer
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
 
 __all__ = [
     "DATASET_DEFAULTS",
     "TRAINERS",
+    "ADTEXPAMTrainer",
+    "ADTEXPTrainer",
+    "ADTIMPAMTrainer",
     "AdvConfig",
     "PGDATTrainer",
     "StandardTrainer",
@@ -28,6 +32,9 @@ TRAINERS: dict[str, type[Trainer]] = {
     StandardTrainer.name: StandardTrainer,
     PGDATTrainer.name: PGDATTrainer,
     TRADESTrainer.name: TRADESTrainer,
+    ADTEXPTrainer.name: ADTEXPTrainer,
+    ADTEXPAMTrainer.name: ADTEXPAMTrainer,
+    ADTIMPAMTrainer.name: ADTIMPAMTrainer,
 }
 
 
