@@ -36,7 +36,7 @@ def _dirs(tmp: Path) -> list[str]:
 
 
 def test_registry_and_configs() -> None:
-    assert list(TRAINERS) == ["standard", "pgd_at", "trades"]
+    assert list(TRAINERS)[:3] == ["standard", "pgd_at", "trades"]
     cfg = get_trainer("trades").default_config("fashion_mnist")
     assert isinstance(cfg, TRADESConfig) and cfg.beta == 6.0 and cfg.eps_linf == 0.1 and cfg.architecture == "lenet5"
     c10 = PGDATTrainer.default_config("cifar10")

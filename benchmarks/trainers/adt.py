@@ -18,7 +18,7 @@ The seed displays its equations without numbers; this module numbers them in ord
 - (8) ADT_IMP-AM: ``delta_i = g_phi(z, x_i)``, ``z ~ U(-1, 1)``, entropy replaced by a variational lower bound.
 
 Notation (code -> paper): ``eps_linf`` -> epsilon; ``entropy_lambda`` -> lambda; ``mu`` -> mu_i;
-``std`` -> sigma_i (``softplus`` of an unconstrained ``rho``, as the reference); ``noise`` -> r;
+``std`` -> sigma_i (``softplus(rho) + 1e-8`` of an unconstrained ``rho``, as the reference); ``noise`` -> r;
 ``u = mu + std * noise``; ``delta = eps * tanh(u)``; ``z`` -> z; generator -> g_phi.
 
 Details taken from the reference code:
@@ -78,6 +78,8 @@ __all__ = [
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+#: Floor added to ``softplus(rho)`` so that ``log std`` stays finite (the reference adds 1e-8 inside the log).
+STD_FLOOR = 1e-8
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def fit_tanh_gaussian(
     tiled = images.repeat(mc_samples, 1, 1, 1)
     for _ in range(steps):
         noise = torch.randn_like(tiled)
-        mu_s, std_s = mu.repeat(mc_samples, 1, 1, 1), F.softplus(rho).repeat(mc_samples, 1, 1, 1)
+        mu_s, std_s = mu.repeat(mc_samples, 1, 1, 1), (F.softplus(rho) + STD_FLOOR).repeat(mc_samples, 1, 1, 1)
         delta = eps * torch.tanh(mu_s + std_s * noise)
         x_adv = torch.clamp(tiled + delta, 0.0, 1.0)
         objective = loss_fn(x_adv) + entropy_lambda * tanh_gaussian_entropy(noise, mu_s, std_s, eps)
@@ -187,7 +189,7 @@ def fit_tanh_gaussian(
         with torch.no_grad():
             mu += lr * g_mu.sign()
             rho += lr * g_rho.sign()
-    return mu.detach(), F.softplus(rho).detach()
+    return mu.detach(), (F.softplus(rho) + STD_FLOOR).detach()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -221,16 +223,22 @@ class PerturbationGenerator(nn.Module):
         z_dim: latent size, 0 for none.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: int, blocks: int, image_size: int, z_dim: int = 0) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, width: int, blocks: int, image_size: int, z_dim: int = 0
+    ) -> None:
         super().__init__()
         self.z_dim, self.image_size = z_dim, image_size
         self.z_proj = nn.Linear(z_dim, image_size * image_size) if z_dim > 0 else None
         stem_in = in_channels + (1 if z_dim > 0 else 0)
-        self.stem = nn.Sequential(nn.Conv2d(stem_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(stem_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
         self.blocks = nn.Sequential(*[_ResBlock(width) for _ in range(blocks)])
-        self.head = nn.Conv2d(width, out_channels, 3, padding=1)
-        nn.init.normal_(self.head.weight, 0.0, 0.02)  # the reference's init gain; start near mu = 0
-        nn.init.zeros_(self.head.bias)
+        head = nn.Conv2d(width, out_channels, 3, padding=1)
+        nn.init.normal_(head.weight, 0.0, 0.02)  # the reference's init gain; start near mu = 0
+        assert head.bias is not None
+        nn.init.zeros_(head.bias)
+        self.head = head
 
     def forward(self, features: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """Shape: features ``(B, in_channels, H, W)``, z ``(B, z_dim)`` or None. Output ``(B, out_channels, H, W)``."""
@@ -415,7 +423,9 @@ class ADTEXPTrainer(Trainer):
     """
 
     name: ClassVar[str] = "adt_exp"
-    paper: ClassVar[str] = "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_EXP)"
+    paper: ClassVar[str] = (
+        "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_EXP)"
+    )
     config_cls: ClassVar[type[TrainConfig]] = ADTEXPConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fashion_mnist": {**_FMNIST_ADT, "inner_steps": 7, "inner_lr": 0.3, "mc_samples": 1, "entropy_lambda": 0.01},
@@ -533,7 +543,9 @@ class ADTEXPAMTrainer(_AmortizedADT):
     """
 
     name: ClassVar[str] = "adt_expam"
-    paper: ClassVar[str] = "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_EXP-AM)"
+    paper: ClassVar[str] = (
+        "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_EXP-AM)"
+    )
     config_cls: ClassVar[type[TrainConfig]] = ADTAMConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fashion_mnist": {**_FMNIST_ADT, "entropy_lambda": 0.01, "gen_width": 16, "gen_blocks": 1, "gen_lr": 2e-4},
@@ -553,7 +565,9 @@ class ADTEXPAMTrainer(_AmortizedADT):
         opt = torch.optim.Adam(gen.parameters(), lr=cfg.gen_lr, betas=(cfg.gen_beta1, 0.999))
         return _Aux(gen, None, opt)
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def perturb(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw ``delta`` ``(B, C, H, W)`` with ``|delta| < eps`` and the entropy estimate (scalar, nats/dim).
 
         Differentiable in the generator's parameters. Images ``(B, C, H, W)`` in [0, 1], labels ``(B,)``.
@@ -563,7 +577,7 @@ class ADTEXPAMTrainer(_AmortizedADT):
         aux = self._require_aux()
         c = images.shape[1]
         phi = aux.generator(_gradient_features(model, images, labels, cfg.eps_linf))
-        mu, std = phi[:, :c], F.softplus(phi[:, c:])
+        mu, std = phi[:, :c], F.softplus(phi[:, c:]) + STD_FLOOR
         noise = torch.randn_like(mu)
         delta = cfg.eps_linf * torch.tanh(mu + std * noise)
         return delta, tanh_gaussian_entropy(noise, mu, std, cfg.eps_linf)
@@ -591,7 +605,9 @@ class ADTIMPAMTrainer(_AmortizedADT):
     """
 
     name: ClassVar[str] = "adt_impam"
-    paper: ClassVar[str] = "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_IMP-AM)"
+    paper: ClassVar[str] = (
+        "Dong et al., Adversarial Distributional Training for Robust Deep Learning, NeurIPS 2020 (ADT_IMP-AM)"
+    )
     config_cls: ClassVar[type[TrainConfig]] = ADTIMPAMConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "fashion_mnist": {**_FMNIST_ADT, "entropy_lambda": 1.0, "entropy_threshold": 0.9, "z_dim": 64,
@@ -618,7 +634,9 @@ class ADTIMPAMTrainer(_AmortizedADT):
         ])  # fmt: skip
         return _Aux(gen, enc, opt)
 
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def perturb(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One draw ``delta`` ``(B, C, H, W)`` with ``|delta| <= eps`` and the entropy lower bound (nats/latent dim)."""
         cfg = self.config
         assert isinstance(cfg, ADTIMPAMConfig)
