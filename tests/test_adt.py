@@ -213,6 +213,18 @@ def test_parse_seed_table() -> None:
     assert rows[0].values["A_rob"] == 50.56 and rows[1].values["FGSM"] == 56.04
 
 
+def test_normalized_gradient_inputs_lie_in_unit_range() -> None:
+    from benchmarks.trainers.adt import _gradient_features
+
+    torch.manual_seed(0)
+    model = make_classifier("small_cnn", in_channels=1, num_classes=10, image_size=8)
+    x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    feats = _gradient_features(model, x, y, 0.1, normalize=True)
+    assert feats.shape == (4, 3, 8, 8) and torch.equal(feats[:, :1], x)
+    assert torch.allclose(feats[:, 1:].flatten(2).abs().amax(2), torch.ones(4, 2))
+    assert model.training
+
+
 def test_leaderboard_runs_an_adt_entry(tmp_path: Path) -> None:
     from benchmarks import leaderboard
 

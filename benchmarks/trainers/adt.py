@@ -330,12 +330,17 @@ class ADTAMConfig(ADTConfig):
         gen_blocks: residual blocks of the generator, >= 0.
         gen_lr: generator Adam learning rate, > 0 (reference: 2e-4).
         gen_beta1: generator Adam beta1 in [0, 1) (reference: 0.5).
+        normalize_grad_inputs: divide each example's two gradient maps by their largest absolute value, so
+            they lie in [-1, 1] beside x. False (default, the reference): raw gradients of the batch-mean
+            loss, about 1e-4 per pixel on Fashion-MNIST with batch 128, which the generator's first
+            layer must amplify by learning.
     """
 
     gen_width: int = 16
     gen_blocks: int = 1
     gen_lr: float = 2e-4
     gen_beta1: float = 0.5
+    normalize_grad_inputs: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -399,7 +404,11 @@ class BatchCost(NamedTuple):
 
 # Fashion-MNIST: the CPU budget of PGD-AT (3 epochs, LeNet-5, Adam 1e-3, batch 128, eps 0.1).
 # ADT_EXP: the reference's 7 steps of 0.3 and lambda 0.01, with 1 Monte Carlo sample per step instead
-# of 5, which makes its cost equal to PGD-AT's (8 forward + 8 backward per batch).
+# of 5, which makes its cost equal to PGD-AT's (8 forward + 8 backward per batch). AM variants: the
+# reference's generator optimiser and lambdas, a generator of width 16 with 1 residual block.
+# Calibration (one run, seed 0, 1 epoch on 20k training images, PGD-20 eps 0.1 on 500 test points,
+# 1 thread): clean / PGD-20 accuracy ADT_EXP 0.724 / 0.512, ADT_EXP-AM 0.730 / 0.306,
+# ADT_IMP-AM 0.766 / 0.278, PGD-AT (same budget) 0.708 / 0.508; standard training: ~0.04 PGD accuracy.
 _FMNIST_ADT: dict[str, Any] = {"epochs": 3, "eps_linf": 0.1}
 # CIFAR-10: the reference's settings (WRN-28-10, SGD 0.1 momentum 0.9, wd 2e-4 from DATASET_DEFAULTS):
 # batch 64, 76 epochs, learning rate x0.1 from epoch 75 (after 74 of 76 epochs).
@@ -460,10 +469,13 @@ class _Aux(NamedTuple):
     optimizer: torch.optim.Optimizer
 
 
-def _gradient_features(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+def _gradient_features(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float, normalize: bool = False
+) -> torch.Tensor:
     """``[x, grad_x L(x), grad_x L(x_fgsm)]`` ``(B, 3C, H, W)``, the AM generators' input (reference code).
 
     ``x_fgsm = clip(x + eps sign(grad_x L(x)), 0, 1)``; two classifier forwards and backwards, eval mode.
+    ``normalize``: each gradient map divided by its per-example max ``|.|`` (see ``ADTAMConfig``).
     """
     model.eval()
     with torch.enable_grad():
@@ -472,7 +484,10 @@ def _gradient_features(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         x_fgsm = torch.clamp(images + eps * grad.sign(), 0.0, 1.0).requires_grad_(True)
         grad_fgsm = torch.autograd.grad(F.cross_entropy(model(x_fgsm), labels), [x_fgsm])[0]
     model.train()
-    return torch.cat([images, grad.detach(), grad_fgsm.detach()], 1)
+    grads = [grad.detach(), grad_fgsm.detach()]
+    if normalize:
+        grads = [g / g.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1) for g in grads]
+    return torch.cat([images, *grads], 1)
 
 
 class _AmortizedADT(Trainer):
@@ -576,7 +591,7 @@ class ADTEXPAMTrainer(_AmortizedADT):
         assert isinstance(cfg, ADTAMConfig)
         aux = self._require_aux()
         c = images.shape[1]
-        phi = aux.generator(_gradient_features(model, images, labels, cfg.eps_linf))
+        phi = aux.generator(_gradient_features(model, images, labels, cfg.eps_linf, cfg.normalize_grad_inputs))
         mu, std = phi[:, :c], F.softplus(phi[:, c:]) + STD_FLOOR
         noise = torch.randn_like(mu)
         delta = cfg.eps_linf * torch.tanh(mu + std * noise)
@@ -643,7 +658,9 @@ class ADTIMPAMTrainer(_AmortizedADT):
         aux = self._require_aux()
         assert aux.encoder is not None
         z = torch.rand(images.shape[0], cfg.z_dim, device=images.device) * 2.0 - 1.0
-        pert = torch.tanh(aux.generator(_gradient_features(model, images, labels, cfg.eps_linf), z))
+        pert = torch.tanh(
+            aux.generator(_gradient_features(model, images, labels, cfg.eps_linf, cfg.normalize_grad_inputs), z)
+        )
         q_mean, q_std = aux.encoder(pert)
         return cfg.eps_linf * pert, implicit_entropy_lower_bound(z, q_mean, q_std)
 
