@@ -213,6 +213,17 @@ def test_parse_seed_table() -> None:
     assert rows[0].values["A_rob"] == 50.56 and rows[1].values["FGSM"] == 56.04
 
 
+@pytest.mark.parametrize("cls", [ADTEXPAMTrainer, ADTIMPAMTrainer])
+def test_cifar_shaped_generator(cls: type[ADTEXPAMTrainer] | type[ADTIMPAMTrainer]) -> None:
+    cfg = cls.default_config("cifar10", gen_width=8, gen_blocks=1)  # the preset's 3 x 128 is slow on CPU
+    assert cls.default_config("cifar10").gen_blocks == 3 and cfg.eps_linf == pytest.approx(8 / 255)
+    trainer = cls(cfg)
+    trainer.setup(3, 32)
+    model = make_classifier("small_cnn", in_channels=3, num_classes=10, image_size=32)
+    delta, _ = trainer.perturb(model, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]))
+    assert delta.shape == (2, 3, 32, 32) and delta.abs().max().item() <= 8 / 255 + 1e-7
+
+
 def test_normalized_gradient_inputs_lie_in_unit_range() -> None:
     from benchmarks.trainers.adt import _gradient_features
 
