@@ -6,6 +6,7 @@ To add a method: write a ``Trainer`` subclass (``name``, ``paper``, ``config_cls
 
 from __future__ import annotations
 
+from benchmarks.trainers.adt import ADTEXPAMTrainer, ADTEXPTrainer, ADTIMPAMTrainer
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
 from benchmarks.trainers.dverge import DVERGEAdvTTrainer, DVERGEConfig, DVERGETrainer, Ensemble
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
@@ -15,6 +16,9 @@ from benchmarks.trainers.policy_loss import PolicyLossConfig, PolicyLossTrainer
 __all__ = [
     "DATASET_DEFAULTS",
     "TRAINERS",
+    "ADTEXPAMTrainer",
+    "ADTEXPTrainer",
+    "ADTIMPAMTrainer",
     "AdvAvgTrainer",
     "AdvConfig",
     "AdvMaxTrainer",
@@ -48,6 +52,9 @@ TRAINERS: dict[str, type[Trainer]] = {
     MNGACTrainer.name: MNGACTrainer,
     AdvAvgTrainer.name: AdvAvgTrainer,
     AdvMaxTrainer.name: AdvMaxTrainer,
+    ADTEXPTrainer.name: ADTEXPTrainer,
+    ADTEXPAMTrainer.name: ADTEXPAMTrainer,
+    ADTIMPAMTrainer.name: ADTIMPAMTrainer,
 }
 
 
