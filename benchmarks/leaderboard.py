@@ -382,7 +382,7 @@ def load_results(results_dir: Path) -> list[dict[str, Any]]:
     """All result records under ``results_dir`` (``<dataset>/<method>_seed<k>.json``), sorted by name."""
     records = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*/*.json"))]
     # other studies keep their own JSONs under results/ (policy_loss/, ...): only leaderboard entries count
-    return [r for r in records if isinstance(r, dict) and "fingerprint" in r and "schema_version" in r]
+    return [r for r in records if isinstance(r, dict) and {"method", "dataset", "seed", "robust_acc"} <= set(r)]
 
 
 def _get(record: dict[str, Any], path: str) -> float | None:
