@@ -409,6 +409,33 @@ def _stats(values: list[float | None]) -> tuple[float, float] | None:
     return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
 
 
+def _protocol_check(drows: list[dict[str, Any]]) -> str:
+    """The issue-4 sanity check, computed: adversarial training must beat Standard on A_rob without masking."""
+    by = {r["method"]: r for r in drows}
+    std = by.get("standard")
+    if std is None or std["A_rob"] is None:
+        return ""
+    parts = []
+    for name in ("pgd_at", "trades"):
+        r = by.get(name)
+        if r is None or r["A_rob"] is None:
+            continue
+        gap = r["A_rob"][0] - std["A_rob"][0]
+        spread = max(r["A_rob"][1], std["A_rob"][1])
+        parts.append(f"{name} {gap:+.1f} points over standard (largest seed std {spread:.1f}), "
+                     f"masking flags on {r['masking_flags']}/{r['seeds']} entries")  # fmt: skip
+    if not parts:
+        return ""
+    ok = all(by[n]["A_rob"][0] - std["A_rob"][0] > 20 and by[n]["masking_flags"] == 0
+             for n in ("pgd_at", "trades") if n in by and by[n]["A_rob"] is not None)  # fmt: skip
+    verdict = "passes" if ok else "FAILS"
+    return (
+        f"\nProtocol check (A_rob of adversarial training vs standard, no masking flag): {verdict}: "
+        + "; ".join(parts)
+        + ".\n"
+    )
+
+
 def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     """Generate ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png`` in ``docs_dir`` from the JSONs.
 
@@ -472,6 +499,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             cells.append(f"{r['masking_flags']}/{r['seeds']}")
             out.write("| " + " | ".join(cells) + " |\n")
         out.write("\nMethods: " + "; ".join(f"`{r['method']}`: {r['paper']}" for r in drows) + ".\n")
+        out.write(_protocol_check(drows))
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
     paths = {
         "md": docs_dir / "leaderboard.md",

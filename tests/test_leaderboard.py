@@ -77,7 +77,7 @@ def test_runner_smoke_tables_and_skip(tmp_path: Path) -> None:
     # adversarial training must beat standard training on A_rob even with a one-epoch budget
     assert records["pgd_at"]["robust_acc"] > records["standard"]["robust_acc"]
     md = (tmp_path / "docs" / "leaderboard.md").read_text()
-    assert "| pgd_at |" in md and "A_rob" in md
+    assert "| pgd_at |" in md and "A_rob" in md and "Protocol check" in md
     assert (tmp_path / "docs" / "leaderboard.csv").read_text().startswith("dataset,method")
     assert (tmp_path / "docs" / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
     before = {f: f.read_bytes() for f in files}
