@@ -43,7 +43,9 @@ def mean_ci(x: np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "ci95": half}
 
 
-def scores(model, evaluator, n: int, seed: int, t_c: int, stride: int, attack: TimestepAttack, batch: int) -> np.ndarray:
+def scores(
+    model, evaluator, n: int, seed: int, t_c: int, stride: int, attack: TimestepAttack, batch: int
+) -> np.ndarray:
     """Q(x_0) of ``n`` sigma = 0 samples; sample i uses torch seed ``seed + i``."""
     out = []
     for start in range(0, n, batch):
@@ -99,7 +101,9 @@ def render(data: dict[str, Any]) -> str:
         lines.append("The paper's attack does **not** measurably degrade this model at any t_c tested: every paired "
                      "difference's 95% CI contains 0.")  # fmt: skip
     else:
-        lines.append("The paper's attack changes Q(x_0) measurably at t_c = " + ", ".join(str(r["t_c"]) for r in paper) + ".")
+        lines.append(
+            "The paper's attack changes Q(x_0) measurably at t_c = " + ", ".join(str(r["t_c"]) for r in paper) + "."
+        )
     strong = [r for r in data["sweep"] if r["difference"]["mean"] < -r["difference"]["ci95"]]
     if strong:
         first = min(strong, key=lambda r: r["scale"])

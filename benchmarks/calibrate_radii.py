@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     trainer_cls = get_trainer("standard")
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     config = trainer_cls.default_config(args.dataset, **overrides)
-    ckpt = Path(args.checkpoint) if args.checkpoint else (
-        Path(__file__).resolve().parent / "checkpoints" / args.dataset / f"standard_seed{args.seed}.pt"
+    ckpt = (
+        Path(args.checkpoint)
+        if args.checkpoint
+        else (Path(__file__).resolve().parent / "checkpoints" / args.dataset / f"standard_seed{args.seed}.pt")
     )
     train = load_dataset(args.dataset, "train")
     if ckpt.is_file():
@@ -155,7 +157,13 @@ def main(argv: list[str] | None = None) -> None:
         acc_at = float(np.interp(cfg_eps, c["eps"], c["acc"]))
         cal = current.eps_linf if norm == "Linf" else calibrated[norm]
         lines.append(f"| {norm} | {eps50[norm]:.3g} | {cal:.3g} | {cfg_eps:g} | {100 * acc_at:.1f} % (interpolated) |")
-    lines += ["", "Accuracy against radius (dashed: configured radius):", "", "![calibration](radii_calibration.png)", ""]
+    lines += [
+        "",
+        "Accuracy against radius (dashed: configured radius):",
+        "",
+        "![calibration](radii_calibration.png)",
+        "",
+    ]
     atomic_text = "\n".join(lines)
     fd, tmp = tempfile.mkstemp(dir=docs, suffix=".md.tmp")
     with os.fdopen(fd, "w") as f:

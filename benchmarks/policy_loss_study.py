@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchattacks
 
 from agents.policy_loss import Args, evaluate_accuracy, load_checkpoint, train
 from robust_envs.attacks import correct_under_attack, make_attack
@@ -108,6 +107,16 @@ def _git_commit() -> str:
         return "unknown"
 
 
+#: How AutoAttack is built (recorded per evaluation): the protocol's components at the reference's settings.
+AUTOATTACK_IMPL = "robust_envs.attacks.autoattack_standard: APGD-CE, APGD-T, FAB-T at 100 iterations"
+#: Evaluations written before that field existed used torchattacks' AutoAttack class, whose APGD / APGD-T /
+#: FAB-T run torchattacks' default 10 iterations (weaker than the reference's 100).
+_AUTOATTACK_IMPL_BEFORE = (
+    "torchattacks.AutoAttack class: APGD-CE, APGD-T, FAB-T at torchattacks' default 10 iterations, weaker than the "
+    "reference's 100; the leaderboard's `policy_loss` entries (docs/leaderboard.md) use 100"
+)
+
+
 def _versions() -> dict[str, str]:
     import gymnasium
     import torchattacks
@@ -171,10 +180,8 @@ def evaluate_model(
     transfer = correct_under_transfer(
         make_attack("pgd", source, eps, steps=budget.pgd_steps, alpha=budget.pgd_alpha), model, images, labels
     )
-    autoattack = make_attack("autoattack", model, eps, seed=seed)
-    for attack in autoattack._autoattack.attacks:  # the standard version's Square uses 5000 queries
-        if isinstance(attack, torchattacks.Square):
-            attack.n_queries = budget.square_queries
+    # the leaderboard's AutoAttack (robust_envs.attacks.autoattack_standard: 100 iterations, as the reference)
+    autoattack = make_attack("autoattack", model, eps, seed=seed, square_queries=budget.square_queries)
     start = time.time()
     aa = correct_under_attack(model, images[:n_aa], labels[:n_aa], autoattack)
     aa_time_s = time.time() - start
@@ -192,6 +199,7 @@ def evaluate_model(
         "transfer_acc": float(transfer.float().mean()),
         "autoattack_acc": float(aa.float().mean()),
         "autoattack_time_s": aa_time_s,
+        "autoattack_impl": AUTOATTACK_IMPL,
         "on_autoattack_points": {f"{k}_acc": v for k, v in on_aa.items()},
         "grad_norm_ce_median": grad_ce_median,
         "grad_norm_ce_mean": float(grad_ce.mean()),
@@ -253,9 +261,18 @@ def evaluate_one(
         "threat_model": {"norm": "Linf", "eps_linf": budget.eps_linf},
         "attacks": {
             "fgsm": {"eps_linf": budget.eps_linf},
-            "pgd": {"eps_linf": budget.eps_linf, "steps": budget.pgd_steps, "alpha": budget.pgd_alpha, "random_start": True},
-            "autoattack": {"eps_linf": budget.eps_linf, "version": "standard", "implementation": "torchattacks",
-                           "n_points": min(budget.aa_points, budget.eval_points)},  # fmt: skip
+            "pgd": {
+                "eps_linf": budget.eps_linf,
+                "steps": budget.pgd_steps,
+                "alpha": budget.pgd_alpha,
+                "random_start": True,
+            },
+            "autoattack": {
+                "eps_linf": budget.eps_linf,
+                "version": "standard",
+                "implementation": "torchattacks",
+                "n_points": min(budget.aa_points, budget.eval_points),
+            },  # fmt: skip
             "transfer": {"attack": "pgd", "source": f"ce__seed{source_seed}", "eps_linf": budget.eps_linf},
         },
         "n_eval": int(idx.shape[0]),
@@ -331,14 +348,18 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> str:
         f"White-box PGD overstates its robustness by {overstate_head:.1f} points on the AutoAttack points (CE: "
         f"{overstate_ce:.1f}); its median CE-loss input gradient is {ce_grad_ratio:.2f}x the CE reference's and "
         f"its logit-margin gradient {margin_grad_ratio:.2f}x"
-        + (" (a CE gradient shrunk far more than the margin's is the signature of a saturated softmax, which weakens "
-           "CE-loss attacks such as FGSM and PGD)." if ce_grad_ratio < 0.5 * margin_grad_ratio else
-           " (no sign of a saturated softmax: the CE gradient did not shrink more than the margin's).")
+        + (
+            " (a CE gradient shrunk far more than the margin's is the signature of a saturated softmax, which weakens "
+            "CE-loss attacks such as FGSM and PGD)."
+            if ce_grad_ratio < 0.5 * margin_grad_ratio
+            else " (no sign of a saturated softmax: the CE gradient did not shrink more than the margin's)."
+        )
         + f" The masking check flags {flagged} of {len(head)} seeds.",
     ]
     short = by_method.get("ce_short")
     explained_by_accuracy = False
     if short:
+
         def gap_to_short(key: str) -> tuple[float, float]:
             spread = max(_mean_std([e[key] for e in g])[1] for g in (head, short))
             return 100 * (mean(head, key) - mean(short, key)), 100 * spread
@@ -371,8 +392,12 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]]) -> str:
             f"Verdict: in this budget a robustness gain over CE survives AutoAttack ({aa_gap:+.1f}) and the transfer "
             f"attack ({tr_gap:+.1f}), but white-box PGD overstates its robustness by {max(0.0, masked_part):.1f} "
             "points (gradient masking)"
-            + (f", and it costs {-clean_gap:.1f} points of clean accuracy (the paper reports none); models of such "
-               "different clean accuracy are not comparable one-to-one." if clean_gap < -2 else ".")  # fmt: skip
+            + (
+                f", and it costs {-clean_gap:.1f} points of clean accuracy (the paper reports none); models of such "
+                "different clean accuracy are not comparable one-to-one."
+                if clean_gap < -2
+                else "."
+            )  # fmt: skip
         )
     elif survives(pgd_gap, pgd_sd) or survives(fgsm_gap, 0.0):
         lines.append("Verdict: the gain seen with FGSM/PGD does not survive AutoAttack and/or the transfer attack "
@@ -458,7 +483,8 @@ def render_budget_section(entries: list[dict[str, Any]], title: str) -> str:
         f"- Evaluation: a fixed subset of {first['n_eval']} test images ({first['eval_subset']}), Linf eps = "
         f"{attacks['pgd']['eps_linf']}: FGSM; PGD {attacks['pgd']['steps']} steps of {attacks['pgd']['alpha']} with "
         f"random start; AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square 5000 queries; torchattacks "
-        f"{first['versions']['torchattacks']}) on the first {attacks['autoattack']['n_points']} of them; transfer: "
+        f"{first['versions']['torchattacks']}; {first.get('autoattack_impl', _AUTOATTACK_IMPL_BEFORE)}) on the first "
+        f"{attacks['autoattack']['n_points']} of them; transfer: "
         "the same PGD crafted on the CE model of another seed.",
         "",
         *rows,
@@ -508,7 +534,7 @@ def render_report(sections: list[tuple[str, list[dict[str, Any]]]], extra_sectio
         "## Reproduce",
         "",
         "```bash",
-        "M=\"ce pl_0.75_1.25 pl_0.75_0.25 pl_1.5_1.25 ce_short ablation_ce_eq4 ablation_eq4_only\"",
+        'M="ce pl_0.75_1.25 pl_0.75_0.25 pl_1.5_1.25 ce_short ablation_ce_eq4 ablation_eq4_only"',
         "for m in $M; do python -m benchmarks.policy_loss_study train --methods $m --seeds 1 2 3 & done; wait",
         "for s in 1 2 3; do python -m benchmarks.policy_loss_study evaluate --seeds $s --all-seeds 1 2 3 & done; wait",
         "# a longer budget (not run here): add --epochs 6 --ckpt-dir runs/policy_loss_study_6ep "

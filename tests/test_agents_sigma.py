@@ -15,7 +15,9 @@ def env_kwargs(tiny_unet_dir, contrast_evaluator) -> dict:
 
 
 def test_eta_zero_policy_scores_exactly_zero_and_schedules_share_draws(env_kwargs, tmp_path) -> None:
-    zero = evaluate_policy("eta=0", ConstantEta(0.0), env_kwargs, n_samples=5, batch_size=2, seed=3, keep=3, progress=False)
+    zero = evaluate_policy(
+        "eta=0", ConstantEta(0.0), env_kwargs, n_samples=5, batch_size=2, seed=3, keep=3, progress=False
+    )
     assert zero.r1.shape == (5,) and (zero.r1 == 0).all() and (zero.q0_agent == zero.q0_baseline).all()
     assert zero.x0_agent.shape == (3, 1, 8, 8) and 0 <= zero.x0_agent.min() and zero.x0_agent.max() <= 1
     one = evaluate_policy("eta=1", ConstantEta(1.0), env_kwargs, n_samples=5, batch_size=5, seed=3, progress=False)

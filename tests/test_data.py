@@ -37,7 +37,9 @@ def test_explicit_root_and_env_var(tmp_path, monkeypatch) -> None:
 
 
 def test_missing_dataset_error_lists_places(tmp_path) -> None:
-    with pytest.raises(DatasetNotFoundError, match=r"Looked in: .*empty.*apt-get install dataset-fashion-mnist.*ROBUST_ENVS_DATA"):
+    with pytest.raises(
+        DatasetNotFoundError, match=r"Looked in: .*empty.*apt-get install dataset-fashion-mnist.*ROBUST_ENVS_DATA"
+    ):
         find_fashion_mnist(tmp_path / "empty")
 
 
