@@ -147,10 +147,12 @@ def _verdict(by_method: dict[str, list[dict[str, Any]]], method: str, seed_diff:
 
 
 def build_report(results_dir: Path, out: Path, dataset: str = "fashion_mnist", seeds: Sequence[int] = (0, 1, 2),
-                 seed_file: Path = SEED_FILE) -> Path:  # fmt: skip
+                 seed_file: Path = SEED_FILE, variants_dir: Path | None = None) -> Path:  # fmt: skip
     """Write the ADT comparison page to ``out`` from the JSONs under ``results_dir`` and return its path.
 
     Missing entries (method x seed of ``seeds``) are listed, never an error; a missing seed file is noted.
+    ``variants_dir`` (default: none) holds diagnostic runs with changed configs, one folder per variant,
+    shown in a separate table.
     """
     records = [r for r in load_results(results_dir) if r.get("dataset") == dataset and r.get("method") in METHODS]
     by_method: dict[str, list[dict[str, Any]]] = {m: sorted([r for r in records if r["method"] == m],
@@ -238,9 +240,37 @@ def build_report(results_dir: Path, out: Path, dataset: str = "fashion_mnist", s
         if m != "trades":
             verdicts.append(_verdict(by_method, m, sd))
     lines += ["", "## Verdict", "", *[f"- {v}" for v in verdicts], ""]
+    lines += _variant_section(variants_dir, dataset, by_method)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines))
     return out
+
+
+def _variant_section(variants_dir: Path | None, dataset: str, by_method: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Diagnostic runs with changed configs (``<variants_dir>/<variant>/<dataset>/*.json``) beside the default
+    entries of the same method and seed; the config fields that differ are read from the JSONs.
+    """
+    if variants_dir is None or not variants_dir.is_dir():
+        return []
+    lines: list[str] = []
+    for folder in sorted(p for p in variants_dir.iterdir() if p.is_dir()):
+        recs = [r for r in load_results(folder) if r.get("dataset") == dataset and r.get("method") in METHODS]
+        if not recs:
+            continue
+        if not lines:
+            lines += ["## Diagnostic runs (changed configs, not leaderboard entries)", "",
+                      "| variant | method | seed | changed fields | A_nat | PGD-20 | AutoAttack | A_rob | "
+                      "default config: A_nat / A_rob |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in sorted(recs, key=lambda r: (r["method"], r["seed"])):
+            base = next((b for b in by_method[r["method"]] if b["seed"] == r["seed"]), None)
+            changed = {k: v for k, v in r["train_config"].items()
+                       if base is None or base["train_config"].get(k) != v}  # fmt: skip
+            ref = f"{100 * base['clean_acc']:.1f} / {100 * base['robust_acc']:.1f}" if base else "n/a"
+            lines.append(f"| {folder.name} | {_LABELS[r['method']]} | {r['seed']} | "
+                         f"{', '.join(f'{k}={v}' for k, v in changed.items()) or 'none'} | "
+                         f"{100 * r['clean_acc']:.1f} | {100 * r['attack_acc']['pgd20']:.1f} | "
+                         f"{100 * r['autoattack_acc']:.1f} | {100 * r['robust_acc']:.1f} | {ref} |")  # fmt: skip
+    return [*lines, ""] if lines else []
 
 
 def _config_summary(method: str, cfg: TrainConfig) -> str:
@@ -261,8 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="fashion_mnist")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--seed-file", default=str(SEED_FILE))
+    p.add_argument(
+        "--variants-dir",
+        default=str(REPO_ROOT / "benchmarks" / "results_variants"),
+        help="diagnostic runs with changed configs, <dir>/<variant>/<dataset>/*.json",
+    )
     args = p.parse_args(argv)
-    build_report(Path(args.results_dir), Path(args.out), args.dataset, args.seeds, Path(args.seed_file))
+    build_report(
+        Path(args.results_dir), Path(args.out), args.dataset, args.seeds, Path(args.seed_file), Path(args.variants_dir)
+    )
     return 0
 
 

@@ -253,3 +253,18 @@ def test_leaderboard_runs_an_adt_entry(tmp_path: Path) -> None:
     rec = json.loads((tmp_path / "r" / "digits" / "adt_expam_seed0.json").read_text())
     assert rec["method"] == "adt_expam" and 0.0 <= rec["robust_acc"] <= rec["clean_acc"] <= 1.0
     assert rec["train_config"]["gen_width"] == 8 and "masking" in rec
+
+
+def test_report_lists_variant_runs_beside_the_default(tmp_path: Path) -> None:
+    for folder, flag, rob in ((tmp_path / "results", False, 0.2), (tmp_path / "variants" / "norm_grads", True, 0.4)):
+        (folder / "fashion_mnist").mkdir(parents=True)
+        rec = {"method": "adt_expam", "dataset": "fashion_mnist", "seed": 0, "epochs": 3, "clean_acc": 0.8,
+               "robust_acc": rob, "autoattack_acc": rob, "attack_acc": {"pgd20": rob + 0.05}, "masking": {"any": False},
+               "train_time_s": 1.0, "train_config": {"epochs": 3, "normalize_grad_inputs": flag}}  # fmt: skip
+        (folder / "fashion_mnist" / "adt_expam_seed0.json").write_text(json.dumps(rec))
+    text = report_adt.build_report(tmp_path / "results", tmp_path / "adt.md", variants_dir=tmp_path / "variants",
+                                   seed_file=tmp_path / "none.txt").read_text()  # fmt: skip
+    assert (
+        "| norm_grads | ADT_EXP-AM | 0 | normalize_grad_inputs=True | 80.0 | 45.0 | 40.0 | 40.0 | 80.0 / 20.0 |" in text
+    )
+    assert "Diagnostic runs" not in report_adt.build_report(tmp_path / "results", tmp_path / "b.md").read_text()
