@@ -520,22 +520,27 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             line += ["" if r[h] is None else f"{r[h][0]:.2f}", "" if r[h] is None else f"{r[h][1]:.2f}"]
         writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"]])
     atomic_write_bytes(paths["csv"], buf.getvalue().encode())
-    # Plot: clean vs robust per method, one panel per data set
+    # Plot: clean vs robust per method; per data set one panel for A_rob (Linf worst case) and one for union
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets, strict=True):
-        for r in [r for r in rows if r["dataset"] == dataset]:
-            for key, marker, label in (("AutoAttack", "o", "AutoAttack"), ("A_rob", "s", "A_rob"),
-                                       ("Union", "^", "union")):  # fmt: skip
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(11, 4.6 * len(datasets)), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    for panel_row, dataset in zip(axes, datasets, strict=True):
+        drows = [r for r in rows if r["dataset"] == dataset]
+        for ax, (key, title) in zip(panel_row, (("A_rob", "A_rob (Linf worst case)"), ("Union", "union over norms")),
+                                    strict=True):  # fmt: skip
+            for i, r in enumerate(drows):
                 if r[key] is None:
                     continue
-                ax.errorbar(r["Clean"][0], r[key][0], xerr=r["Clean"][1], yerr=r[key][1], fmt=marker,
-                            capsize=3, label=f"{r['method']} ({label})")  # fmt: skip
-        ax.set_xlabel("clean accuracy (%)")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+                color = colors[i % len(colors)]
+                ax.errorbar(r["Clean"][0], r[key][0], xerr=r["Clean"][1], yerr=r[key][1], fmt="o", color=color,
+                            capsize=3, label=f"{r['method']} (n={r['seeds']})")  # fmt: skip
+                ax.annotate(r["method"], (r["Clean"][0], r[key][0]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7, color=color)  # fmt: skip
+            ax.set_xlabel("clean accuracy (%)")
+            ax.set_ylabel(f"{title} (%)")
+            ax.set_title(f"{dataset}: {title}")
+            ax.grid(alpha=0.3)
+        panel_row[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle("Clean vs robust accuracy (mean +- std over seeds)")
     fig.tight_layout()
     png = io.BytesIO()
