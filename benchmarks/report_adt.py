@@ -259,6 +259,10 @@ def _variant_section(variants_dir: Path | None, dataset: str, by_method: dict[st
             continue
         if not lines:
             lines += ["## Diagnostic runs (changed configs, not leaderboard entries)", "",
+                      "Same protocol and seed as the entry on the right; only the listed config fields differ. "
+                      "`normalize_grad_inputs`: the AM generators see the input and two input gradients of the "
+                      "classifier's loss; the reference feeds them raw (our default, about 1e-4 per pixel), True "
+                      "rescales each example's gradient maps to [-1, 1].", "",
                       "| variant | method | seed | changed fields | A_nat | PGD-20 | AutoAttack | A_rob | "
                       "default config: A_nat / A_rob |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
         for r in sorted(recs, key=lambda r: (r["method"], r["seed"])):
