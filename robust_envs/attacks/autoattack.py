@@ -53,7 +53,13 @@ def autoattack_standard(
             torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=1, loss="ce", seed=seed),
             torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=1, n_classes=n_classes, seed=seed),
             torchattacks.FAB(
-                model, norm=norm, eps=eps, steps=steps, n_restarts=1, multi_targeted=True, n_classes=n_classes,
+                model,
+                norm=norm,
+                eps=eps,
+                steps=steps,
+                n_restarts=1,
+                multi_targeted=True,
+                n_classes=n_classes,
                 seed=seed,
             ),  # fmt: skip
             torchattacks.Square(model, norm=norm, eps=eps, n_queries=square_queries, n_restarts=1, seed=seed),

@@ -55,9 +55,7 @@ class AttackSpec:
         }  # fmt: skip
 
 
-def protocol_suite(
-    dataset: str | ThreatRadii, square_queries: int = 5000, autoattack: bool = True
-) -> list[AttackSpec]:
+def protocol_suite(dataset: str | ThreatRadii, square_queries: int = 5000, autoattack: bool = True) -> list[AttackSpec]:
     """The protocol's attacks for a data set (its radii from :data:`robust_envs.attacks.RADII`).
 
     Linf (ADT's table, Dong et al. 2020, with its step size 2/255 at eps 8/255, i.e. ``eps / 4``):

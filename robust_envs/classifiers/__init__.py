@@ -15,7 +15,12 @@ from robust_envs.classifiers.small import LeNet5, SmallCNN
 
 __all__ = ["ARCHITECTURES", "LeNet5", "ResNet18", "SmallCNN", "WideResNet", "make_classifier", "wrn28_10"]
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"lenet5": LeNet5, "small_cnn": SmallCNN, "resnet18": ResNet18, "wrn28_10": wrn28_10}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "lenet5": LeNet5,
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "wrn28_10": wrn28_10,
+}
 
 
 def make_classifier(name: str, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> nn.Module:

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,7 +44,7 @@ class NoiseModel:
     @property
     def sample_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one sample."""
-        cfg = self.unet.config  # type: ignore[attr-defined]
+        cfg: Any = self.unet.config
         size = cfg.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (int(cfg.in_channels), int(h), int(w))

@@ -58,7 +58,10 @@ class LockstepVectorEnv(VectorEnv):
     ) -> tuple[Any, dict[str, Any]]:
         if isinstance(seed, (list, tuple)):
             seeds = list(seed)
-            if len(seeds) != self.num_envs or any(s is not None and s != seeds[0] + i for i, s in enumerate(seeds)):
+            base = seeds[0]
+            if len(seeds) != self.num_envs or any(
+                s is not None and (base is None or s != base + i) for i, s in enumerate(seeds)
+            ):
                 raise ValueError(
                     f"a list seed must be [s, s+1, ..., s+{self.num_envs - 1}] (sub-env i is seeded s+i), got {seeds}"
                 )

@@ -43,6 +43,15 @@ _SPLITS = ("train", "test")
 class _ClassifierData:
     """Validated arguments, the data split on ``device`` and the Eq. 3 reward, shared by both envs."""
 
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    num_samples: int
+    episode_length: int
+    device: torch.device
+    r_correct: float
+    r_wrong: float
+
     def __init__(
         self,
         dataset: str,
@@ -104,7 +113,9 @@ def _check_scalar_action(action: Any, num_classes: int) -> int:
             f"action must be an integer class label in [0, {num_classes}), got {action!r} of dtype {arr.dtype}"
         )
     if arr.shape != ():
-        raise ValueError(f"action must be a scalar class label in [0, {num_classes}), got an array of shape {arr.shape}")
+        raise ValueError(
+            f"action must be a scalar class label in [0, {num_classes}), got an array of shape {arr.shape}"
+        )
     value = int(arr)
     if not 0 <= value < num_classes:
         raise ValueError(f"action must be a class label in [0, {num_classes}), got {value}")
@@ -189,6 +200,9 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
+    _data: _ClassifierData
+    _t: int
+
     def __init__(
         self,
         dataset: str = "fashion_mnist",
@@ -205,7 +219,7 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
         self._data = _ClassifierData(dataset, split, r_correct, r_wrong, episode_length, device, data_root)
         self.render_mode = render_mode
         self.observation_space = self._data.observation_space()
-        self.action_space = spaces.Discrete(self._data.num_classes)
+        self.action_space = spaces.Discrete(self._data.num_classes)  # type: ignore[assignment]
         self._indices: torch.Tensor | None = None  # (episode_length,) int64
         self._t = 0
         self._obs = np.zeros(self.observation_space.shape, dtype=np.uint8)
@@ -225,7 +239,9 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
         """Number of images per episode."""
         return self._data.episode_length
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode: draw its ``episode_length`` images; returns the first image and ``{}``."""
         super().reset(seed=seed)
         self._indices = self._data.draw_episode([self.np_random])[0]
@@ -255,7 +271,7 @@ class ClassifierRewardEnv(gym.Env[np.ndarray, int]):
         self._t += 1
         terminated = self._t == self.episode_length
         if terminated:
-            self._obs = np.zeros(self.observation_space.shape, dtype=np.uint8)
+            self._obs = np.zeros_like(self._obs)
         else:
             self._obs = self._data.images[self._indices[self._t]].cpu().numpy()
         return self._obs.copy(), float(rewards[0]), terminated, False, {"label": label, "correct": bool(correct[0])}
@@ -293,6 +309,10 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
+    _data: _ClassifierData
+    _t: int
+    max_episode_steps: int | None
+
     def __init__(
         self,
         num_envs: int = 1,
@@ -311,11 +331,15 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, numbers.Integral) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if max_episode_steps is not None and (
-            isinstance(max_episode_steps, bool) or not isinstance(max_episode_steps, numbers.Integral) or max_episode_steps < 1
+            isinstance(max_episode_steps, bool)
+            or not isinstance(max_episode_steps, numbers.Integral)
+            or max_episode_steps < 1
         ):
             raise ValueError(f"max_episode_steps must be None or an integer >= 1, got {max_episode_steps!r}")
         if render_mode is not None:
-            raise ValueError(f"ClassifierRewardVectorEnv does not render; render_mode must be None, got {render_mode!r}")
+            raise ValueError(
+                f"ClassifierRewardVectorEnv does not render; render_mode must be None, got {render_mode!r}"
+            )
         self._data = _ClassifierData(dataset, split, r_correct, r_wrong, episode_length, device, data_root)
         self.num_envs = int(num_envs)
         self.max_episode_steps = max_episode_steps
@@ -355,7 +379,9 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
         n, num_classes = self.num_envs, self._data.num_classes
         if isinstance(actions, torch.Tensor):
             if actions.dtype == torch.bool or actions.dtype.is_floating_point or actions.dtype.is_complex:
-                raise TypeError(f"actions must be integers in [0, {num_classes}), got a tensor of dtype {actions.dtype}")
+                raise TypeError(
+                    f"actions must be integers in [0, {num_classes}), got a tensor of dtype {actions.dtype}"
+                )
             tensor = actions.to(self.device, torch.int64)
         else:
             arr = np.asarray(actions)
@@ -388,7 +414,7 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
         ended = self._t == self._data.episode_length
         truncate = not ended and self.max_episode_steps is not None and self._t >= self.max_episode_steps
         if ended:
-            obs = np.zeros((self.num_envs, *self.single_observation_space.shape), dtype=np.uint8)
+            obs = np.zeros((self.num_envs, *self._data.images.shape[1:]), dtype=np.uint8)
         else:
             obs = self._data.images[self._indices[:, self._t]].cpu().numpy()
         everyone = np.ones(self.num_envs, dtype=bool)

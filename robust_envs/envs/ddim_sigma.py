@@ -152,7 +152,9 @@ class DDIMSigmaSimulator:
                 g.manual_seed(int(s))
         ts = self.timesteps
         k = len(ts) - self.t_c  # strided steps above t_c, then x_{t_c}
-        x = ddim_steps(self.model, self._normal(), ts[: k + 1], self.generators, self.attack, self.t_c, self.baseline_sigma)
+        x = ddim_steps(
+            self.model, self._normal(), ts[: k + 1], self.generators, self.attack, self.t_c, self.baseline_sigma
+        )
         self.t = self.t_c
         eps = self._eps(x, self.t_c)
         self.x_agent, self.x_baseline = x, x.clone()
@@ -363,8 +365,10 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
         baseline_sigma: float = 0.0,
         render_mode: str | None = None,
     ) -> None:
-        self._setup(1, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device, baseline_sigma, render_mode)
-        self.observation_space = self._single_obs_space
+        self._setup(
+            1, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device, baseline_sigma, render_mode
+        )
+        self.observation_space = self._single_obs_space  # type: ignore[assignment]
         self.action_space = self._single_act_space
         self._needs_reset = True
 

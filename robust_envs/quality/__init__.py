@@ -22,7 +22,9 @@ __all__ = [
 ]
 
 
-def make_evaluator(evaluator: str | QualityEvaluator = "levels", device: str | torch.device = "cpu") -> QualityEvaluator:
+def make_evaluator(
+    evaluator: str | QualityEvaluator = "levels", device: str | torch.device = "cpu"
+) -> QualityEvaluator:
     """Build an evaluator by name.
 
     Args:
@@ -44,4 +46,6 @@ def make_evaluator(evaluator: str | QualityEvaluator = "levels", device: str | t
     valid = pyiqa_nr_metrics()
     if evaluator in valid:
         return PyIQAEvaluator(evaluator, device=device)
-    raise ValueError(f"unknown evaluator {evaluator!r}; valid: 'levels', 'qalign' or a pyiqa NR metric: {', '.join(valid)}")
+    raise ValueError(
+        f"unknown evaluator {evaluator!r}; valid: 'levels', 'qalign' or a pyiqa NR metric: {', '.join(valid)}"
+    )

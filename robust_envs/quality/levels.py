@@ -86,7 +86,7 @@ class LevelsEvaluator(QualityEvaluator):
     def score(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device)
         if x.shape[1] == 3:
-            x = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         if x.shape[-2:] != (28, 28):
             x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
         return LevelsNet.expected_level(self.net(x))

@@ -114,7 +114,9 @@ class SB3VecEnvAdapter(VecEnv):
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
         setattr(self.venv, attr_name, value)
 
-    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any) -> list[Any]:
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **method_kwargs: Any
+    ) -> list[Any]:
         result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
         return [result for _ in self._get_indices(indices)]
 
@@ -130,7 +132,11 @@ def make_sb3_vec_env(env_id: str, num_envs: int, monitor: bool = True, **env_kwa
     and time ``t`` on episode ends, and SB3 logs ``rollout/ep_rew_mean``.
     """
     venv = gym.make_vec(
-        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs
+        env_id,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=AutoresetMode.SAME_STEP,
+        **env_kwargs,
     )
     adapter = SB3VecEnvAdapter(venv)
     return VecMonitor(adapter) if monitor else adapter
