@@ -24,7 +24,7 @@ from torch import nn
 from robust_envs.classifiers import make_classifier
 from robust_envs.data import ImageSplit
 
-__all__ = ["DATASET_DEFAULTS", "TrainConfig", "Trainer", "seed_everything"]
+__all__ = ["DATASET_DEFAULTS", "TrainConfig", "Trainer", "make_optimizer", "seed_everything", "training_tensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,24 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready field values."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
+    """The config's optimiser over ``params``: Adam (``lr``, ``weight_decay``) or SGD (with ``momentum``)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def training_tensors(data: ImageSplit, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``(N, C, H, W)`` float in [0, 1] and labels ``(N,)`` to train on: all of ``data``, or the first
+    ``cfg.max_train_samples`` of a permutation drawn from ``gen`` (seeded data subset).
+    """
+    images, labels = data.float_images(), data.labels
+    if cfg.max_train_samples is not None:
+        keep = torch.randperm(len(labels), generator=gen)[: cfg.max_train_samples]
+        images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 def _augment_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -206,14 +224,8 @@ class Trainer(abc.ABC):
         cfg = self.config
         gen = seed_everything(seed)
         model = self.build_model(data).to(device)
-        images, labels = data.float_images(), data.labels
-        if cfg.max_train_samples is not None:
-            keep = torch.randperm(len(labels), generator=gen)[: cfg.max_train_samples]
-            images, labels = images[keep], labels[keep]
-        if cfg.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        images, labels = training_tensors(data, cfg, gen)
+        opt = make_optimizer(cfg, model.parameters())
         steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
         milestones = [int(m * cfg.epochs * steps_per_epoch) for m in cfg.lr_milestones]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)

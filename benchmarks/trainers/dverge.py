@@ -39,7 +39,14 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from benchmarks.trainers.base import TrainConfig, Trainer, _augment_crop_flip, seed_everything
+from benchmarks.trainers.base import (
+    TrainConfig,
+    Trainer,
+    _augment_crop_flip,
+    make_optimizer,
+    seed_everything,
+    training_tensors,
+)
 from robust_envs.attacks import radii_for
 from robust_envs.classifiers import make_classifier
 from robust_envs.data import ImageSplit
@@ -239,12 +246,6 @@ _DIGITS_DVERGE: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
 class DVERGETrainer(Trainer):
     """DVERGE (Yang et al., NeurIPS 2020): vanilla pretraining, then Eq. 4 with Eq. 1 distillation at a
     layer drawn uniformly each epoch (Alg. 1). Returns an :class:`Ensemble`.
@@ -313,15 +314,12 @@ class DVERGETrainer(Trainer):
         gen = seed_everything(seed)
         rng = random.Random(seed)
         ensemble = self.build_model(data).to(device)
-        images, labels = data.float_images(), data.labels
-        if cfg.max_train_samples is not None:
-            keep = torch.randperm(len(labels), generator=gen)[: cfg.max_train_samples]
-            images, labels = images[keep], labels[keep]
+        images, labels = training_tensors(data, cfg, gen)
         n = len(labels)
         models = list(ensemble.submodels)
         # 1. vanilla pretraining, each submodel with its own data order.
         for k, m in enumerate(models):
-            opt = _optimizer(cfg, m.parameters())
+            opt = make_optimizer(cfg, m.parameters())
             for ep in range(cfg.pretrain_epochs):
                 m.train()
                 order = torch.randperm(n, generator=gen)
@@ -335,7 +333,7 @@ class DVERGETrainer(Trainer):
                 logger.info("%s pretrain submodel %d epoch %d/%d loss %.4f", self.name, k, ep + 1, cfg.pretrain_epochs,
                             float(loss.detach()))  # fmt: skip
         # 2. DVERGE (Alg. 1).
-        opts = [_optimizer(cfg, m.parameters()) for m in models]
+        opts = [make_optimizer(cfg, m.parameters()) for m in models]
         per_epoch = n if cfg.samples_per_epoch is None else min(cfg.samples_per_epoch, n)
         steps_per_epoch = math.ceil(per_epoch / cfg.batch_size)
         milestones = [int(f * cfg.epochs * steps_per_epoch) for f in cfg.lr_milestones]

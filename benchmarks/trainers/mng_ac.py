@@ -39,7 +39,13 @@ import torchattacks
 from torch import nn
 from torch.func import functional_call
 
-from benchmarks.trainers.base import TrainConfig, Trainer, _augment_crop_flip, seed_everything
+from benchmarks.trainers.base import (
+    TrainConfig,
+    Trainer,
+    _augment_crop_flip,
+    seed_everything,
+    training_tensors,
+)
 from robust_envs.attacks import SLIDE, project_l1_ball, radii_for
 from robust_envs.data import ImageSplit
 
@@ -359,10 +365,7 @@ class MNGACTrainer(Trainer):
         rng = random.Random(seed)
         model = self.build_model(data).to(device)
         generator = NoiseGenerator(data.images.shape[1], cfg.generator_hidden).to(device)
-        images, labels = data.float_images(), data.labels
-        if cfg.max_train_samples is not None:
-            keep = torch.randperm(len(labels), generator=gen)[: cfg.max_train_samples]
-            images, labels = images[keep], labels[keep]
+        images, labels = training_tensors(data, cfg, gen)
         gen_lr = cfg.lr if cfg.generator_lr is None else cfg.generator_lr
         if cfg.optimizer == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
