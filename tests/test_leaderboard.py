@@ -26,7 +26,6 @@ from benchmarks.trainers import (
     get_trainer,
 )
 from robust_envs.attacks import protocol_suite
-from robust_envs.classifiers import make_classifier
 from robust_envs.data import DatasetNotFoundError, find_fashion_mnist, load_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +167,7 @@ def _have_fashion_mnist() -> bool:
 
 
 @pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not on disk (make data)")
-@pytest.mark.parametrize("method", ["standard", "pgd_at"])
+@pytest.mark.parametrize("method", ["standard", "pgd_at", "adt_exp", "dverge"])
 def test_committed_result_recomputes(method: str) -> None:
     """RobustBench-style: reload a committed checkpoint and recompute clean, FGSM and PGD-20 accuracy."""
     path = REPO / "benchmarks" / "results" / "fashion_mnist" / f"{method}_seed0.json"
@@ -176,9 +175,10 @@ def test_committed_result_recomputes(method: str) -> None:
         pytest.skip(f"no committed result {path.name}")
     rec = json.loads(path.read_text())
     blob = torch.load(REPO / rec["checkpoint"]["path"], map_location="cpu", weights_only=False)
-    model = make_classifier(rec["architecture"], in_channels=1, num_classes=10, image_size=28)
-    model.load_state_dict(blob["state_dict"])
     test = load_dataset("fashion_mnist", "test")
+    trainer = get_trainer(method)
+    model = trainer(trainer.default_config("fashion_mnist", **rec["train_config"])).build_model(test)
+    model.load_state_dict(blob["state_dict"])
     sub = eval_subset(test, rec["n_eval"], rec["subset_seed"])
     suite = [s for s in protocol_suite("fashion_mnist", autoattack=False) if s.key in ("fgsm", "pgd20")]
     res = evaluate(model.eval(), sub, "fashion_mnist", EvalConfig(n_eval=rec["n_eval"]), suite=suite)
