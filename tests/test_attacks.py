@@ -6,10 +6,12 @@ import torch
 from robust_envs.attacks import (
     ATTACK_NAMES,
     ATTACK_NORMS,
+    MSD,
     RADII,
     correct_under_attack,
     make_attack,
     margin_loss,
+    msd_candidates,
     perturbation_norm,
     project_l1_ball,
     protocol_suite,
@@ -127,3 +129,56 @@ def test_protocol_suite_and_radii() -> None:
     assert c10.eps_l1 == pytest.approx(2000 / 255)
     with pytest.raises(ValueError, match="valid"):
         radii_for("imagenet")
+
+
+def test_msd_candidates_take_one_step_per_norm_inside_each_ball() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 1, 8, 8) * 0.8 + 0.1  # away from the box so the steps are not clipped
+    grad = torch.randn(4, 1, 8, 8)
+    eps = {"Linf": 0.05, "L2": 0.5, "L1": 2.0}
+    alpha = {"Linf": 0.01, "L2": 0.1, "L1": 0.5}
+    c = msd_candidates(x, torch.zeros_like(x), grad, eps, alpha, q=0.9)
+    assert torch.allclose(c["Linf"], 0.01 * grad.sign())
+    assert torch.allclose(c["L2"], 0.1 * grad / grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1), atol=1e-6)
+    l1 = c["L1"].flatten(1)
+    assert torch.allclose(l1.abs().sum(1), torch.full((4,), 0.5), atol=1e-5)
+    assert int((l1 != 0).sum(1).max()) <= 8  # the top 10 % of 64 coordinates (ties aside)
+    assert bool(((l1 == 0) | (l1.sign() == grad.flatten(1).sign())).all())
+    # from a perturbation outside every ball, each candidate lands in its own ball
+    far = torch.full_like(x, 0.09)
+    c = msd_candidates(x, far, grad, eps, alpha, q=0.9)
+    for norm, e in eps.items():
+        assert float(perturbation_norm(x + c[norm], x, norm).max()) <= e * (1 + 1e-5)
+
+
+def test_msd_attack_in_union_of_balls_and_stronger_than_one_norm(model_and_points) -> None:
+    model, x, y = model_and_points
+    r = RADII["digits"]
+    kw = {"eps_linf": r.eps_linf, "eps_l2": r.eps_l2, "eps_l1": r.eps_l1, "alpha_linf": r.eps_linf / 4,
+          "alpha_l2": r.eps_l2 / 4, "alpha_l1": r.eps_l1 / 8, "steps": 10}  # fmt: skip
+    atk = MSD(model, **kw)
+    adv = atk(x, y)
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    inside = torch.zeros(len(y), dtype=torch.bool)
+    for norm in ("Linf", "L2", "L1"):
+        inside |= perturbation_norm(adv, x, norm) <= r.eps(norm) * (1 + 1e-4) + 1e-6
+    assert bool(inside.all())
+    assert sum(atk.last_choices.values()) == 10 * len(y) and sum(v > 0 for v in atk.last_choices.values()) >= 2
+    ce = torch.nn.functional.cross_entropy
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(ce(model(xg), y, reduction="sum"), xg)
+    with torch.no_grad():
+        acc_msd = float((model(adv).argmax(1) == y).float().mean())
+        loss_msd = ce(model(adv), y, reduction="none")
+        # the kept iterate is at least as bad for the model as the first Linf candidate (best over iterations
+        # and norms), and as the clean image
+        first_linf = (x + kw["alpha_linf"] * g.sign()).clamp(0, 1)
+        assert bool((loss_msd >= ce(model(first_linf), y, reduction="none") - 1e-5).all())
+        assert bool((loss_msd >= ce(model(x), y, reduction="none") - 1e-5).all())
+    acc_linf = float(correct_under_attack(model, x, y, make_attack("pgd", model, r.eps_linf, steps=10)).float().mean())
+    print(f"MSD acc {acc_msd:.3f}, PGD-Linf acc {acc_linf:.3f}, choices {atk.last_choices}")
+    assert acc_msd <= 0.5
+    with pytest.raises(ValueError, match="eps_l2 must be > 0, got -1"):
+        MSD(model, eps_l2=-1.0)
+    with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
+        MSD(model, steps=0)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmarks.trainers import TRAINERS, AdvAvgTrainer, AdvMaxTrainer, MNGACTrainer, get_trainer
+from benchmarks.trainers import TRAINERS, AdvAvgTrainer, AdvMaxTrainer, MNGACTrainer, MSDTrainer, get_trainer
 from benchmarks.trainers.mng_ac import (
     NORMS,
     NoiseGenerator,
@@ -104,7 +104,7 @@ def test_one_cycle_schedule() -> None:
     assert one_cycle_lr(100, 100, 0.2) == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("cls", [MNGACTrainer, AdvAvgTrainer, AdvMaxTrainer])
+@pytest.mark.parametrize("cls", [MNGACTrainer, AdvAvgTrainer, AdvMaxTrainer, MSDTrainer])
 def test_trainer_runs_and_lowers_loss(cls: type) -> None:
     assert TRAINERS[cls.name] is cls and get_trainer(cls.name) is cls
     data = load_dataset("digits", "train")

@@ -10,7 +10,15 @@ from benchmarks.trainers.adt import ADTEXPAMTrainer, ADTEXPTrainer, ADTIMPAMTrai
 from benchmarks.trainers.base import DATASET_DEFAULTS, TrainConfig, Trainer, seed_everything
 from benchmarks.trainers.dverge import DVERGEAdvTTrainer, DVERGEConfig, DVERGETrainer, Ensemble
 from benchmarks.trainers.methods import AdvConfig, PGDATTrainer, StandardTrainer, TRADESConfig, TRADESTrainer
-from benchmarks.trainers.mng_ac import AdvAvgTrainer, AdvMaxTrainer, MNGACConfig, MNGACTrainer, MultiNormConfig
+from benchmarks.trainers.mng_ac import (
+    AdvAvgTrainer,
+    AdvMaxTrainer,
+    MNGACConfig,
+    MNGACTrainer,
+    MSDConfig,
+    MSDTrainer,
+    MultiNormConfig,
+)
 from benchmarks.trainers.policy_loss import PolicyLossConfig, PolicyLossTrainer
 
 __all__ = [
@@ -28,6 +36,8 @@ __all__ = [
     "Ensemble",
     "MNGACConfig",
     "MNGACTrainer",
+    "MSDConfig",
+    "MSDTrainer",
     "MultiNormConfig",
     "PGDATTrainer",
     "PolicyLossConfig",
@@ -52,6 +62,7 @@ TRAINERS: dict[str, type[Trainer]] = {
     MNGACTrainer.name: MNGACTrainer,
     AdvAvgTrainer.name: AdvAvgTrainer,
     AdvMaxTrainer.name: AdvMaxTrainer,
+    MSDTrainer.name: MSDTrainer,
     ADTEXPTrainer.name: ADTEXPTrainer,
     ADTEXPAMTrainer.name: ADTEXPAMTrainer,
     ADTIMPAMTrainer.name: ADTIMPAMTrainer,

@@ -3,7 +3,8 @@
 Paper: Madaan, Shin & Hwang, "Learning to Generate Noise for Multi-Attack Robustness", ICML 2021 (seed 002:
 SAT, adversarial consistency, the meta noise generator; tables of clean, Linf, L1, L2, union, average
 accuracy and training time). Baselines: Tramer & Boneh, "Adversarial Training and Robustness for Multiple
-Perturbations", NeurIPS 2019 (Adv_avg, Adv_max).
+Perturbations", NeurIPS 2019 (Adv_avg, Adv_max); Maini, Wong & Kolter, "Adversarial Robustness Against the
+Union of Multiple Perturbation Models", ICML 2020 (MSD).
 Code: https://github.com/divyam3897/MNG_AC (``train_MNG.py``; reference for details, read, not copied).
 
 Notation (code -> paper):
@@ -46,7 +47,7 @@ from benchmarks.trainers.base import (
     seed_everything,
     training_tensors,
 )
-from robust_envs.attacks import SLIDE, project_l1_ball, radii_for
+from robust_envs.attacks import MSD, SLIDE, project_l1_ball, radii_for
 from robust_envs.data import ImageSplit
 
 __all__ = [
@@ -55,6 +56,8 @@ __all__ = [
     "AdvMaxTrainer",
     "MNGACConfig",
     "MNGACTrainer",
+    "MSDConfig",
+    "MSDTrainer",
     "MultiNormConfig",
     "NoiseGenerator",
     "js_consistency",
@@ -309,6 +312,60 @@ class AdvMaxTrainer(_MultiNormTrainer):
         advs = [multi_norm_attack(model, images, labels, nrm, cfg) for nrm in NORMS]
         per = torch.stack([F.cross_entropy(model(a), labels, reduction="none") for a in advs])  # (3, B)
         return per.max(0).values.mean()
+
+
+@dataclass
+class MSDConfig(MultiNormConfig):
+    """MSD adversarial-training config: the multi-norm radii and step fractions (``alpha_*``), and the below.
+
+    Attributes:
+        msd_steps: MSD iterations per batch, >= 1 (each: one forward/backward and three forwards).
+        msd_random_start: start MSD from a uniform Linf draw instead of 0.
+    """
+
+    msd_steps: int = 10
+    msd_random_start: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.msd_steps < 1:
+            raise ValueError(f"msd_steps must be >= 1, got {self.msd_steps}")
+
+
+class MSDTrainer(_MultiNormTrainer):
+    """MSD adversarial training (Maini, Wong & Kolter, ICML 2020): CE on :class:`robust_envs.attacks.MSD`
+    examples, which pick per image and iteration the steepest-ascent step (Linf, L2 or L1) with the largest
+    loss. Step lengths are the config's ``alpha_*`` fractions times the radii.
+
+    Fashion-MNIST budget: 10 MSD iterations (10 forward/backward + 30 forwards per batch, about Adv_avg's
+    24 forward/backward), 3 epochs over the same seeded 30,000 images as Adv_avg / Adv_max.
+    CIFAR-10: the MNG-AC radii with 50 iterations (the MSD reference's CIFAR-10 ``num_iter``).
+    """
+
+    name: ClassVar[str] = "msd"
+    paper: ClassVar[str] = (
+        "Maini, Wong & Kolter, Adversarial Robustness Against the Union of Multiple Perturbation Models, ICML 2020"
+    )
+    config_cls: ClassVar[type[TrainConfig]] = MSDConfig
+    presets: ClassVar[dict[str, dict[str, Any]]] = _dataset_presets({
+        "fashion_mnist": {**_FMNIST_MN, "max_train_samples": 30000, "msd_steps": 10},
+        "cifar10": {**_CIFAR_MN, "msd_steps": 50},
+        "digits": {**_DIGITS_MN, "msd_steps": 3},
+    })  # fmt: skip
+
+    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``CE(f(MSD(x)), y)``; images ``(B, C, H, W)`` in [0, 1], labels ``(B,)``."""
+        cfg = self.config
+        assert isinstance(cfg, MSDConfig)
+        atk = MSD(
+            model, eps_linf=cfg.eps("Linf"), eps_l2=cfg.eps("L2"), eps_l1=cfg.eps("L1"),
+            alpha_linf=cfg.alpha_linf * cfg.eps("Linf"), alpha_l2=cfg.alpha_l2 * cfg.eps("L2"),
+            alpha_l1=cfg.alpha_l1 * cfg.eps("L1"), steps=cfg.msd_steps, q=cfg.l1_quantile,
+            random_start=cfg.msd_random_start,
+        )  # fmt: skip
+        adv = atk(images, labels)
+        model.train()
+        return F.cross_entropy(model(adv), labels)
 
 
 class MNGACTrainer(Trainer):

@@ -2,8 +2,8 @@
 
 Most attacks come from torchattacks 3.3 (Kim 2020, https://github.com/Harry24k/adversarial-attacks-pytorch),
 which handles eval mode and the [0, 1] input range; AutoAttack is assembled from torchattacks' components
-with the reference settings (:mod:`robust_envs.attacks.autoattack`); the margin-loss PGD ("C&W") and the
-L1 attack SLIDE are implemented here. Images are ``(N, C, H, W)`` float in [0, 1].
+with the reference settings (:mod:`robust_envs.attacks.autoattack`); the margin-loss PGD ("C&W"), the
+L1 attack SLIDE and the union attack MSD are implemented here. Images are ``(N, C, H, W)`` float in [0, 1].
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from robust_envs.attacks.core import (
     perturbation_norm,
 )
 from robust_envs.attacks.margin_pgd import MarginPGD, margin_loss
+from robust_envs.attacks.msd import MSD, msd_candidates
 from robust_envs.attacks.radii import RADII, ThreatRadii, radii_for
 from robust_envs.attacks.slide import SLIDE, project_l1_ball
 from robust_envs.attacks.suite import AttackSpec, protocol_suite
@@ -24,6 +25,7 @@ from robust_envs.attacks.suite import AttackSpec, protocol_suite
 __all__ = [
     "ATTACK_NAMES",
     "ATTACK_NORMS",
+    "MSD",
     "RADII",
     "SLIDE",
     "AttackSpec",
@@ -33,6 +35,7 @@ __all__ = [
     "correct_under_attack",
     "make_attack",
     "margin_loss",
+    "msd_candidates",
     "perturbation_norm",
     "project_l1_ball",
     "protocol_suite",
