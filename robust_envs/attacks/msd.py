@@ -12,7 +12,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from robust_envs.attacks.slide import project_l1_ball
+from robust_envs.attacks.slide import project_l1_ball, sparse_l1_direction
 
 __all__ = ["MSD", "msd_candidates"]
 
@@ -45,13 +45,7 @@ def msd_candidates(
     d = delta + alpha["L2"] * grad / _per_row(g_norm, grad)
     d = d * _per_row((eps["L2"] / d.reshape(n, -1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0), d)
     out["L2"] = (images + d).clamp(0.0, 1.0) - images
-    adv = images + delta
-    blocked = ((adv <= 0.0) & (grad < 0)) | ((adv >= 1.0) & (grad > 0))
-    flat = torch.where(blocked, torch.zeros_like(grad), grad).reshape(n, -1)
-    thresh = torch.quantile(flat.abs(), q, dim=1, keepdim=True)
-    direction = torch.where(flat.abs() >= thresh, flat.sign(), torch.zeros_like(flat))
-    direction = direction / direction.abs().sum(1, keepdim=True).clamp_min(1.0)
-    d = project_l1_ball(delta + alpha["L1"] * direction.reshape(grad.shape), eps["L1"])
+    d = project_l1_ball(delta + alpha["L1"] * sparse_l1_direction(images + delta, grad, q), eps["L1"])
     out["L1"] = (images + d).clamp(0.0, 1.0) - images
     return out
 

@@ -12,7 +12,7 @@ import torch
 import torchattacks
 from torch import nn
 
-__all__ = ["SLIDE", "project_l1_ball"]
+__all__ = ["SLIDE", "project_l1_ball", "sparse_l1_direction"]
 
 
 def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
@@ -46,6 +46,21 @@ def project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
     out = flat.clone()
     out[outside] = projected
     return out.reshape(delta.shape)
+
+
+def sparse_l1_direction(adv: torch.Tensor, grad: torch.Tensor, q: float) -> torch.Tensor:
+    """SLIDE's step direction: ``e = sign(g) * 1[|g| >= P_q(|g|)] / ||.||_1`` per image, after zeroing the
+    coordinates where the box [0, 1] blocks the move (``adv`` at 0 with ``g < 0``, or at 1 with ``g > 0``).
+
+    Shape:
+        - adv, grad: ``(N, C, H, W)``; output: ``(N, C, H, W)``, each row of unit L1 norm (0 where ``g`` is 0).
+    """
+    n = adv.shape[0]
+    blocked = ((adv <= 0.0) & (grad < 0)) | ((adv >= 1.0) & (grad > 0))
+    flat = torch.where(blocked, torch.zeros_like(grad), grad).reshape(n, -1)
+    thresh = torch.quantile(flat.abs(), q, dim=1, keepdim=True)
+    direction = torch.where(flat.abs() >= thresh, flat.sign(), torch.zeros_like(flat))
+    return (direction / direction.abs().sum(1, keepdim=True).clamp_min(1.0)).reshape(grad.shape)
 
 
 class SLIDE(torchattacks.attack.Attack):
@@ -109,14 +124,7 @@ class SLIDE(torchattacks.attack.Attack):
         for _ in range(self.steps):
             adv = (images + delta).requires_grad_(True)
             grad = torch.autograd.grad(loss(self.get_logits(adv), labels), adv)[0].detach()
-            adv = adv.detach()
-            blocked = ((adv <= 0.0) & (grad < 0)) | ((adv >= 1.0) & (grad > 0))
-            grad = torch.where(blocked, torch.zeros_like(grad), grad)
-            flat = grad.reshape(n, -1)
-            thresh = torch.quantile(flat.abs(), self.q, dim=1, keepdim=True)
-            direction = torch.where(flat.abs() >= thresh, flat.sign(), torch.zeros_like(flat))
-            direction = direction / direction.abs().sum(1, keepdim=True).clamp_min(1.0)
-            delta = delta + self.alpha * direction.reshape(images.shape)
+            delta = delta + self.alpha * sparse_l1_direction(adv.detach(), grad, self.q)
             delta = project_l1_ball(delta, self.eps)
             delta = torch.clamp(images + delta, 0.0, 1.0) - images
         return (images + delta).detach()
