@@ -13,7 +13,7 @@ import abc
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,7 +24,15 @@ from torch import nn
 from robust_envs.classifiers import make_classifier
 from robust_envs.data import ImageSplit
 
-__all__ = ["DATASET_DEFAULTS", "TrainConfig", "Trainer", "make_optimizer", "seed_everything", "training_tensors"]
+__all__ = [
+    "DATASET_DEFAULTS",
+    "TrainConfig",
+    "Trainer",
+    "epoch_batches",
+    "make_optimizer",
+    "seed_everything",
+    "training_tensors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +112,14 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def make_optimizer(cfg: TrainConfig, params: Any) -> torch.optim.Optimizer:
-    """The config's optimiser over ``params``: Adam (``lr``, ``weight_decay``) or SGD (with ``momentum``)."""
+def make_optimizer(cfg: TrainConfig, params: Any, lr: float | None = None) -> torch.optim.Optimizer:
+    """The config's optimiser over ``params``: Adam (``lr``, ``weight_decay``) or SGD (with ``momentum``);
+    ``lr`` overrides the config's learning rate (e.g. a second network's).
+    """
+    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def training_tensors(data: ImageSplit, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,6 +131,24 @@ def training_tensors(data: ImageSplit, cfg: TrainConfig, gen: torch.Generator) -
         keep = torch.randperm(len(labels), generator=gen)[: cfg.max_train_samples]
         images, labels = images[keep], labels[keep]
     return images, labels
+
+
+def epoch_batches(
+    images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, device: str | torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of mini-batches ``(x, y)`` on ``device``: a permutation drawn from ``gen``, ``cfg.batch_size``
+    images each (the last may be smaller), crop + flip from ``gen`` when ``cfg.augment == "crop_flip"``.
+
+    Shape:
+        - images: ``(N, C, H, W)`` float in [0, 1]; labels: ``(N,)``; yields ``(B, C, H, W)``, ``(B,)``.
+    """
+    order = torch.randperm(len(labels), generator=gen)
+    for start in range(0, len(labels), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        x, y = images[idx], labels[idx]
+        if cfg.augment == "crop_flip":
+            x = _augment_crop_flip(x, gen)
+        yield x.to(device), y.to(device)
 
 
 def _augment_crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -230,15 +259,8 @@ class Trainer(abc.ABC):
         milestones = [int(m * cfg.epochs * steps_per_epoch) for m in cfg.lr_milestones]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
         for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            order = torch.randperm(len(labels), generator=gen)
             total, count = 0.0, 0
-            for start in range(0, len(labels), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x, y = images[idx], labels[idx]
-                if cfg.augment == "crop_flip":
-                    x = _augment_crop_flip(x, gen)
-                x, y = x.to(device), y.to(device)
+            for x, y in epoch_batches(images, labels, cfg, gen, device):
                 model.train()
                 loss = self.loss(model, x, y)
                 opt.zero_grad(set_to_none=True)
@@ -247,8 +269,13 @@ class Trainer(abc.ABC):
                 sched.step()
                 total += float(loss.detach()) * len(y)
                 count += len(y)
-            mean_loss = total / max(count, 1)
-            logger.info("%s epoch %d/%d loss %.4f", self.name, epoch, cfg.epochs, mean_loss)
-            if on_epoch is not None:
-                on_epoch(epoch, mean_loss)
+            self.end_epoch(epoch, total / max(count, 1), on_epoch)
         return model.eval()
+
+    def end_epoch(
+        self, epoch: int, mean_loss: float, on_epoch: Callable[[int, float], None] | None, note: str = ""
+    ) -> None:
+        """Log ``mean_loss`` of 1-based ``epoch`` (with an optional ``note``) and call ``on_epoch`` if given."""
+        logger.info("%s epoch %d/%d%s loss %.4f", self.name, epoch, self.config.epochs, note, mean_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, mean_loss)

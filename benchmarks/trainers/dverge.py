@@ -43,6 +43,7 @@ from benchmarks.trainers.base import (
     TrainConfig,
     Trainer,
     _augment_crop_flip,
+    epoch_batches,
     make_optimizer,
     seed_everything,
     training_tensors,
@@ -322,11 +323,8 @@ class DVERGETrainer(Trainer):
             opt = make_optimizer(cfg, m.parameters())
             for ep in range(cfg.pretrain_epochs):
                 m.train()
-                order = torch.randperm(n, generator=gen)
-                for start in range(0, n, cfg.batch_size):
-                    idx = order[start : start + cfg.batch_size]
-                    x = _augment_crop_flip(images[idx], gen) if cfg.augment == "crop_flip" else images[idx]
-                    loss = F.cross_entropy(m(x.to(device)), labels[idx].to(device))
+                for x, y in epoch_batches(images, labels, cfg, gen, device):
+                    loss = F.cross_entropy(m(x), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -369,10 +367,7 @@ class DVERGETrainer(Trainer):
                     s.step()
                 total += batch_loss * len(s_idx)
                 count += len(s_idx)
-            mean_loss = total / max(count, 1)
-            logger.info("%s epoch %d/%d layer %d loss %.4f", self.name, epoch, cfg.epochs, layer, mean_loss)
-            if on_epoch is not None:
-                on_epoch(epoch, mean_loss)
+            self.end_epoch(epoch, total / max(count, 1), on_epoch, note=f" layer {layer}")
         return ensemble.eval()
 
     def extra_metrics(self, model: nn.Module, subset: Any, dataset: str, eval_cfg: Any) -> dict[str, Any]:

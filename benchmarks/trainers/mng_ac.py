@@ -27,7 +27,6 @@ as the paper states (``tests/test_mng_ac.py`` checks that changing the input cha
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -43,7 +42,8 @@ from torch.func import functional_call
 from benchmarks.trainers.base import (
     TrainConfig,
     Trainer,
-    _augment_crop_flip,
+    epoch_batches,
+    make_optimizer,
     seed_everything,
     training_tensors,
 )
@@ -67,7 +67,6 @@ __all__ = [
     "project_noise",
 ]
 
-logger = logging.getLogger(__name__)
 
 NORMS: tuple[str, ...] = ("Linf", "L2", "L1")
 
@@ -423,27 +422,15 @@ class MNGACTrainer(Trainer):
         model = self.build_model(data).to(device)
         generator = NoiseGenerator(data.images.shape[1], cfg.generator_hidden).to(device)
         images, labels = training_tensors(data, cfg, gen)
-        gen_lr = cfg.lr if cfg.generator_lr is None else cfg.generator_lr
-        if cfg.optimizer == "adam":
-            opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            gen_opt: torch.optim.Optimizer = torch.optim.Adam(generator.parameters(), lr=gen_lr)
-        else:
-            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-            gen_opt = torch.optim.SGD(generator.parameters(), lr=gen_lr, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)  # fmt: skip
+        opt = make_optimizer(cfg, model.parameters())
+        gen_opt = make_optimizer(cfg, generator.parameters(), lr=cfg.generator_lr)  # None: the classifier's lr
         steps_per_epoch = math.ceil(len(labels) / cfg.batch_size)
         total_steps = cfg.epochs * steps_per_epoch
         milestones = [int(m * total_steps) for m in cfg.lr_milestones]
         step = 0
         for epoch in range(1, cfg.epochs + 1):
-            order = torch.randperm(len(labels), generator=gen)
             total, count = 0.0, 0
-            for start in range(0, len(labels), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x, y = images[idx], labels[idx]
-                if cfg.augment == "crop_flip":
-                    x = _augment_crop_flip(x, gen)
-                x, y = x.to(device), y.to(device)
+            for x, y in epoch_batches(images, labels, cfg, gen, device):
                 step += 1
                 if cfg.one_cycle:
                     lr = one_cycle_lr(step, total_steps, cfg.lr)
@@ -469,8 +456,5 @@ class MNGACTrainer(Trainer):
                 opt.step()
                 total += float(loss.detach()) * len(y)
                 count += len(y)
-            mean_loss = total / max(count, 1)
-            logger.info("%s epoch %d/%d loss %.4f", self.name, epoch, cfg.epochs, mean_loss)
-            if on_epoch is not None:
-                on_epoch(epoch, mean_loss)
+            self.end_epoch(epoch, total / max(count, 1), on_epoch)
         return model.eval()
