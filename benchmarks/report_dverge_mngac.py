@@ -130,6 +130,56 @@ def _protocol_table(groups: dict[str, list[dict[str, Any]]], methods: Sequence[s
     return lines + [""]
 
 
+def attack_passes(method: str, cfg: dict[str, Any]) -> str:
+    """Classifier passes per batch spent on crafting training examples, from an entry's ``train_config``."""
+    steps = [cfg.get(k, 0) for k in ("steps_linf", "steps_l2", "steps_l1")]
+    if method in ("pgd_at", "trades"):
+        return f"{cfg.get('attack_steps')} fwd+bwd"
+    if method in ("adv_avg", "adv_max"):
+        return f"{sum(steps)} fwd+bwd (all three norms)"
+    if method == "msd":
+        n = cfg.get("msd_steps", 0)
+        return f"{n} fwd+bwd + {3 * n} fwd"
+    if method == "mng_ac":
+        return f"{sum(steps) / 3:.1f} fwd+bwd on average (one norm) + the meta step"
+    return "0"
+
+
+def cpu_per_kimage(records: Sequence[dict[str, Any]]) -> list[float]:
+    """Training CPU seconds per 1,000 training images (size x epochs from ``train_config``; 60,000 images
+    when ``max_train_samples`` is unset) of the records that ran with one torch thread.
+    """
+    out = []
+    for r in records:
+        cfg = r.get("train_config", {})
+        seen = (cfg.get("max_train_samples") or 60000) * cfg.get("epochs", 1) / 1000
+        if isinstance(r.get("train_cpu_s"), (int, float)) and r.get("hardware", {}).get("torch_threads") == 1:
+            out.append(r["train_cpu_s"] / seen)
+    return out
+
+
+def _cost_table(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> list[str]:
+    lines = ["Training-set size x epochs from each entry's config; CPU seconds (`train_cpu_s`) "
+             "per 1,000 training images, median over the seeds that recorded it with one torch thread (n). Wall time depends on the load of "
+             "the shared machine when the entry ran (see the spread above); CPU time is the fairer cost.", "",
+             "| method | attack passes per batch | images x epochs | CPU s / 1,000 images (n) | wall s / 1,000 images, median |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for m in methods:
+        recs = groups.get(m, [])
+        if not recs:
+            lines.append(f"| {m} | — | — | — | — |")
+            continue
+        cfg = recs[0].get("train_config", {})
+        n_img = cfg.get("max_train_samples") or 60000
+        seen = n_img * cfg.get("epochs", 1) / 1000
+        cpu = cpu_per_kimage(recs)
+        wall = [r["train_time_s"] / seen for r in recs if isinstance(r.get("train_time_s"), (int, float))]
+        cpu_s = f"{statistics.median(cpu):.2f} ({len(cpu)})" if cpu else "— (0)"
+        wall_s = f"{statistics.median(wall):.2f}" if wall else "—"
+        lines.append(f"| {m} | {attack_passes(m, cfg)} | {n_img:,} x {cfg.get('epochs')} | {cpu_s} | {wall_s} |")
+    return lines + [""]
+
+
 def _compare(a: Stat, b: Stat) -> str:
     """'above' / 'below' / 'within noise of' for mean a vs mean b (noise: the larger std, at least 1 point)."""
     if not a.n or not b.n:
@@ -225,6 +275,7 @@ def mng_ac_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
               "| row | clean | Linf | L1 | L2 | union | average | time (h) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | " + " | ".join(f"{v:g}" for v in row) + " |" for k, row in SEED_MNG_AC_TABLE.items()]
     lines += ["", "## Full protocol", ""] + _protocol_table(groups, methods)
+    lines += ["## Training cost", ""] + _cost_table(groups, methods)
     union = {m: stat(groups.get(m, []), "union_acc") for m in methods}
     avg = {m: stat(groups.get(m, []), "average_acc") for m in methods}
     seed_union = {MNG_METHODS[m]: SEED_MNG_AC_TABLE[MNG_METHODS[m]][4] for m in methods}
@@ -239,6 +290,15 @@ def mng_ac_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
                      f"single-norm `pgd_at` {union['pgd_at'].pct()}.")  # fmt: skip
     lines.append(f"- average: MNG-AC {avg['mng_ac'].pct()} is **{_compare(avg['mng_ac'], avg['pgd_at'])}** `pgd_at` "
                  f"{avg['pgd_at'].pct()} (seed 002: {SEED_MNG_AC_TABLE['MNG-AC'][5]:g} vs {SEED_MNG_AC_TABLE['Adv_inf'][5]:g}).")  # fmt: skip
+    cost = {m: cpu_per_kimage(groups.get(m, [])) for m in ("mng_ac", "adv_avg", "adv_max", "msd")}
+    if cost["mng_ac"]:
+        seed_t = SEED_MNG_AC_TABLE
+        for other in ("adv_avg", "adv_max", "msd"):
+            if cost[other]:
+                ratio = statistics.median(cost["mng_ac"]) / statistics.median(cost[other])
+                lines.append(f"- training cost: MNG-AC takes **{ratio:.2f}x** the CPU time per training image of "
+                             f"`{other}` (seed 002: {seed_t['MNG-AC'][6]:g} h vs {seed_t[MNG_METHODS[other]][6]:g} h, "
+                             f"{seed_t['MNG-AC'][6] / seed_t[MNG_METHODS[other]][6]:.2f}x).")  # fmt: skip
     headline = _compare(union["mng_ac"], union["pgd_at"])
     holds = {"above": "holds", "below": "is reversed", "within noise of": "is not resolved"}.get(
         headline, "cannot be checked yet"
