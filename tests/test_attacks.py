@@ -175,8 +175,6 @@ def test_msd_attack_in_union_of_balls_and_stronger_than_one_norm(model_and_point
         first_linf = (x + kw["alpha_linf"] * g.sign()).clamp(0, 1)
         assert bool((loss_msd >= ce(model(first_linf), y, reduction="none") - 1e-5).all())
         assert bool((loss_msd >= ce(model(x), y, reduction="none") - 1e-5).all())
-    acc_linf = float(correct_under_attack(model, x, y, make_attack("pgd", model, r.eps_linf, steps=10)).float().mean())
-    print(f"MSD acc {acc_msd:.3f}, PGD-Linf acc {acc_linf:.3f}, choices {atk.last_choices}")
     assert acc_msd <= 0.5
     with pytest.raises(ValueError, match="eps_l2 must be > 0, got -1"):
         MSD(model, eps_l2=-1.0)

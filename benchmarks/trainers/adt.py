@@ -46,6 +46,7 @@ instead of with a ``+1e-8``.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -502,8 +503,9 @@ class _AmortizedADT(Trainer):
 
     _aux: _Aux | None = None
 
+    @abc.abstractmethod
     def _build_aux(self, channels: int, image_size: int) -> _Aux:
-        raise NotImplementedError
+        """The variant's generator (and encoder) with their optimiser, for ``(channels, image_size)`` images."""
 
     def setup(self, channels: int, image_size: int, device: str | torch.device = "cpu") -> None:
         """Build a fresh generator (and encoder) and their optimiser for ``(channels, image_size)`` images."""

@@ -315,7 +315,7 @@ class AdvMaxTrainer(_MultiNormTrainer):
 
 @dataclass
 class MSDConfig(MultiNormConfig):
-    """MSD adversarial-training config: the multi-norm radii and step fractions (``alpha_*``), and the below.
+    """MSD adversarial-training config: :class:`MultiNormConfig`'s radii and ``alpha_*`` step fractions, plus the fields below.
 
     Attributes:
         msd_steps: MSD iterations per batch, >= 1 (each: one forward/backward and three forwards).

@@ -110,7 +110,7 @@ class MSD(torchattacks.attack.Attack):
             delta = torch.empty_like(images).uniform_(-self.eps["Linf"], self.eps["Linf"])
             delta = (images + delta).clamp(0.0, 1.0) - images
         ce = nn.CrossEntropyLoss(reduction="none")
-        self.last_choices = dict.fromkeys(_NORMS, 0)
+        choices = torch.zeros(len(_NORMS), dtype=torch.long, device=images.device)
         best_delta = delta.clone()
         best_loss = torch.full((images.shape[0],), -float("inf"), device=images.device, dtype=images.dtype)
         for _ in range(self.steps):
@@ -124,6 +124,6 @@ class MSD(torchattacks.attack.Attack):
             delta = stacked[best, torch.arange(images.shape[0], device=images.device)]
             improved = top > best_loss
             best_delta[improved], best_loss[improved] = delta[improved], top[improved]
-            for i, k in enumerate(_NORMS):
-                self.last_choices[k] += int((best == i).sum())
+            choices += torch.bincount(best, minlength=len(_NORMS))
+        self.last_choices = dict(zip(_NORMS, choices.tolist(), strict=True))  # one device sync per call
         return (images + best_delta).detach()
