@@ -42,3 +42,9 @@ def tiny_unet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def contrast_evaluator() -> ContrastEvaluator:
     return ContrastEvaluator()
+
+
+@pytest.fixture()
+def kwargs_tiny(tiny_unet_dir, contrast_evaluator) -> dict:
+    """DDIMSigma-v0 arguments on the tiny UNet: t_c = 4, one strided step above it."""
+    return {"model": str(tiny_unet_dir), "evaluator": contrast_evaluator, "t_c": 4, "stride": 250, "device": "cpu"}

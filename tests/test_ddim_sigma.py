@@ -94,8 +94,8 @@ def test_transition_and_rewards_follow_the_equations(tiny_unet_dir, contrast_eva
     eps = model(x, torch.tensor([1.0]) + delta)
     np.testing.assert_allclose(obs["x_t"], x[0].numpy(), atol=1e-6)
     # step at t = 2 with eta = 1
-    eta = 1.0
-    sigma = eta * model.schedule.sigma_ddpm(2, 1)
+    eta = 1.0  # action="sigma_frac" (default): sigma = a * sqrt(1 - alpha_bar[t - 1])
+    sigma = eta * model.schedule.sigma_max(2, 1)
     z = torch.randn(1, 1, 8, 8, generator=g)
     x_a = ddim_step(x, eps, ab[2], ab[1], sigma, z).x_prev
     x_b = ddim_step(x, eps, ab[2], ab[1], 0.0, z).x_prev
@@ -200,7 +200,13 @@ def test_bad_vector_actions_raise(kwargs) -> None:
         ({"t_c": 1001}, r"t_c must be in \[1, T=1000\], got 1001"),
         ({"stride": 0}, "stride must be >= 1, got 0"),
         ({"evaluator": "no_such_metric"}, "unknown evaluator 'no_such_metric'; valid: 'levels', 'qalign'"),
-        ({"attack": "pgd"}, r"attack must be one of \('gaussian', 'none'\)"),
+        ({"attack": "pgd"}, r"attack must be one of \('gaussian', 'none', 'shift', 'adaptive', 'state'\)"),
+        ({"attack": "shift"}, r"attack='shift' needs attack_budget > 0, got 0.0"),
+        ({"attack": "adaptive", "attack_budget": 1.0, "attack_grid": 3}, "attack_grid must be an even int >= 2, got 3"),
+        ({"action": "sigma"}, r"action must be one of \('sigma_frac', 'eta'\)"),
+        ({"defence": "clip"}, r"defence must be one of \('none', 'round', 'share'\)"),
+        ({"prefix_pool": -1}, "prefix_pool must be >= 0"),
+        ({"attack_budget_unit": "s"}, "attack_budget_unit must be 'timesteps' or 'T'"),
         ({"attack_scale": float("nan")}, "attack_scale must be a finite number >= 0"),
         ({"baseline_sigma": -1.0}, "baseline_sigma must be a finite number >= 0"),
         ({"render_mode": "human"}, "render_mode must be None or one of"),

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from robust_envs.diffusion.attack import TimestepAttack
+from robust_envs.diffusion.attack import NO_DEFENCE, TimestepAttack, TimestepDefence, attacked_eps
 from robust_envs.diffusion.models import NoiseModel
 from robust_envs.diffusion.schedule import ddim_step
 
@@ -35,6 +35,7 @@ def ddim_steps(
     attack: TimestepAttack,
     t_c: int,
     sigma: float = 0.0,
+    defence: TimestepDefence = NO_DEFENCE,
 ) -> torch.Tensor:
     """Run the DDIM transitions ``seq[0] -> seq[1] -> ... -> seq[-1]`` with a constant sigma.
 
@@ -46,6 +47,7 @@ def ddim_steps(
         attack: the timestep attack, applied at steps ``t <= t_c`` (seed 000 sec. 5.1.3).
         t_c: critical timestep.
         sigma: constant sigma, clipped per step to ``sqrt(1 - alpha_bar[t_prev])`` (0: deterministic DDIM).
+        defence: the inference-time timestep defence, applied at every step.
 
     Returns:
         ``(N, C, H, W)`` samples at ``seq[-1]``.
@@ -53,9 +55,8 @@ def ddim_steps(
     schedule = model.schedule
     alpha_bar = schedule.alpha_bar.to(x.device)
     for t, t_prev in zip(seq[:-1], seq[1:], strict=True):
-        delta = attack.sample_delta(generators, x.device)
         timestep = torch.full((x.shape[0],), float(t - 1), device=x.device)
-        eps = model(x, timestep + delta if t <= t_c else timestep)
+        eps = attacked_eps(model, x, timestep, attack, generators, defence, attacked=t <= t_c)
         z = randn_per_generator(generators, tuple(x.shape[1:]), x.device)
         x = ddim_step(x, eps, alpha_bar[t], alpha_bar[t_prev], min(sigma, schedule.sigma_max(t, t_prev)), z).x_prev
     return x
@@ -69,6 +70,7 @@ def sample_x0(
     stride: int,
     attack: TimestepAttack,
     sigma: float = 0.0,
+    defence: TimestepDefence = NO_DEFENCE,
 ) -> torch.Tensor:
     """Generate x_0 ``(N, C, H, W)`` in model space ([-1, 1] for data) along ``schedule.timesteps(t_c, stride)``.
 
@@ -77,4 +79,4 @@ def sample_x0(
     """
     device = model.device
     x = randn_per_generator(generators, model.sample_shape, device)
-    return ddim_steps(model, x, [*model.schedule.timesteps(t_c, stride), 0], generators, attack, t_c, sigma)
+    return ddim_steps(model, x, [*model.schedule.timesteps(t_c, stride), 0], generators, attack, t_c, sigma, defence)

@@ -26,12 +26,23 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from robust_envs.diffusion import NoiseModel, TimestepAttack, ddim_step, load_noise_model, predict_x0
+from robust_envs.diffusion import (
+    NoiseModel,
+    TimestepAttack,
+    TimestepDefence,
+    attacked_eps,
+    ddim_step,
+    load_noise_model,
+    predict_x0,
+)
 from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
 from robust_envs.envs._lockstep import LockstepVectorEnv
 from robust_envs.quality import QualityEvaluator, make_evaluator
 
-__all__ = ["DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "SimulatorStep"]
+__all__ = ["ACTIONS", "DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "PrefixCache", "SimulatorStep"]
+
+#: What the action in [0, 1] means: a fraction of the largest feasible sigma (default) or DDIM's eta.
+ACTIONS = ("sigma_frac", "eta")
 
 _MODEL_CACHE: dict[tuple[str, str], NoiseModel] = {}
 _EVALUATOR_CACHE: dict[tuple[str, str], QualityEvaluator] = {}
@@ -88,21 +99,74 @@ class SimulatorStep:
     terminated: bool
 
 
+class PrefixCache:
+    """Memo of the strided, attack-free prefix ``x_T -> x_{t_c}`` (opt-in; see the env's ``prefix_cache``).
+
+    Above ``t_c`` no threat acts and the baseline sigma is used, so with the same model, ``t_c``, stride,
+    baseline sigma, defence and episode seed the prefix is the same computation every time. An entry holds
+    ``x_{t_c}`` ``(C, H, W)`` on the model's device and the episode generator's state after the prefix, so a hit
+    reproduces the uncached episode (up to float round-off between batch compositions, ~1e-6).
+
+    Keys are ``(config, seed)``; at most ``max_entries`` samples are kept (oldest dropped first).
+    """
+
+    def __init__(self, max_entries: int = 65_536) -> None:
+        from collections import OrderedDict
+
+        self.max_entries = int(max_entries)
+        self._store: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> tuple[torch.Tensor, torch.Tensor] | None:
+        item = self._store.get(key)
+        if item is not None:
+            self._store.move_to_end(key)
+            self.hits += 1
+        else:
+            self.misses += 1
+        return item
+
+    def put(self, key: tuple, x: torch.Tensor, state: torch.Tensor) -> None:
+        self._store[key] = (x, state)
+        self._store.move_to_end(key)
+        while len(self._store) > self.max_entries:
+            self._store.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+
+#: One process-wide cache: envs with the same configuration share entries (the key holds the configuration).
+PREFIX_CACHE = PrefixCache()
+#: Pool entry ``j`` starts from ``x_T`` drawn by ``torch.Generator().manual_seed(POOL_SEED_BASE + j)``.
+POOL_SEED_BASE = 1_000_003
+
+
 class DDIMSigmaSimulator:
     """N (agent, baseline) DDIM trajectory pairs in lockstep, all tensors on the model's device.
 
     Per reset, each episode draws ``x_T`` from its own generator and both trajectories run the strided
     steps above ``t_c`` with the baseline sigma (they are identical there). From ``t_c`` down to 1 the agent
-    chooses ``eta``; the baseline keeps ``baseline_sigma``. Both trajectories of an episode share ``x_T``, the
-    per-step noise ``z`` and the attack draws (common random numbers), so a reward measures the schedule.
+    chooses its action ``a`` in [0, 1] (``sigma = a * sigma_max`` or ``a * sigma_ddpm``); the baseline keeps
+    ``baseline_sigma``. Both trajectories of an episode share ``x_T``, the per-step noise ``z`` and the attack
+    draws (common random numbers), so a reward measures the schedule.
 
-    Each step makes exactly one network call on ``2N`` samples (agent and baseline ``x_{t-1}``, at the
-    attacked timestep ``t - 1``) and one evaluator call on ``2N`` images: the call gives both the x0
-    prediction the reward scores and the ``eps`` the next step uses. The step at t = 1 ends at x_0 and needs
-    only the evaluator.
+    Each step makes one attacked network call on ``2N`` samples (agent and baseline ``x_{t-1}``, at the
+    network timestep ``t - 2``; a white-box threat adds its own forwards, see
+    :attr:`TimestepAttack.forwards_per_call`) and one evaluator call on ``2N`` images: the call gives both the
+    x0 prediction the reward scores and the ``eps`` the next step uses. The step at t = 1 ends at x_0 and
+    needs only the evaluator.
 
-    Random draws per episode and step, in order: ``z`` (shape of a sample), then one attack draw. The
-    sequence for episode ``i`` depends only on its generator, so batching does not change results.
+    Random draws per episode and step, in order: ``z`` (shape of a sample), then one attack draw (and the
+    ``"state"`` threat's random start). The sequence for episode ``i`` depends only on its generator, so
+    batching does not change results.
+
+    Prefix options (both off by default): ``prefix_cache=True`` memoises ``x_{t_c}`` per episode seed (exact:
+    a seeded reset gives the same episode as without it; evaluation reuses the prefix across schedules);
+    ``prefix_pool=P`` starts each episode from one of ``P`` fixed ``x_{t_c}`` (entry ``j`` from seed
+    ``POOL_SEED_BASE + j``), chosen by the episode's generator, which then goes on with its own draws: only ``P``
+    distinct ``x_T`` per configuration, the steps from ``t_c`` down stay stochastic per episode.
     """
 
     def __init__(
@@ -114,7 +178,13 @@ class DDIMSigmaSimulator:
         stride: int,
         attack: TimestepAttack,
         baseline_sigma: float,
+        defence: TimestepDefence | None = None,
+        action: str = "sigma_frac",
+        prefix_cache: bool = False,
+        prefix_pool: int = 0,
     ) -> None:
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
         self.num_envs = num_envs
         self.model = model
         self.evaluator = evaluator
@@ -122,8 +192,13 @@ class DDIMSigmaSimulator:
         self.device = model.device
         self.timesteps = self.schedule.timesteps(t_c, stride)
         self.t_c = t_c
+        self.stride = stride
         self.attack = attack
+        self.defence = defence or TimestepDefence()
+        self.action = action
         self.baseline_sigma = float(baseline_sigma)
+        self.prefix_cache = bool(prefix_cache)
+        self.prefix_pool = int(prefix_pool)
         self.alpha_bar = self.schedule.alpha_bar.to(self.device)  # float64: see ddim_step
         self.shape = model.sample_shape
         self.generators = [torch.Generator(device=self.device) for _ in range(num_envs)]
@@ -131,30 +206,60 @@ class DDIMSigmaSimulator:
         self.x_agent = self.x_baseline = self.eps_agent = self.eps_baseline = torch.empty(0)
         self.x0_agent = self.x0_baseline = torch.empty(0)
 
-    # random draws -----------------------------------------------------------------------------------
+    # random draws and network calls -------------------------------------------------------------------
     def _normal(self) -> torch.Tensor:
         return randn_per_generator(self.generators, self.shape, self.device)
 
     def _eps(self, x: torch.Tensor, t: int, repeat: int = 1) -> torch.Tensor:
-        """eps_theta at paper step ``t`` (network timestep ``t - 1`` plus this step's attack draw)."""
-        delta = self.attack.sample_delta(self.generators, self.device)
-        timestep = torch.full((self.num_envs,), float(t - 1), device=self.device) + delta
-        return self.model(x, timestep.repeat(repeat))
+        """eps_theta at paper step ``t`` (network timestep ``t - 1``) under the threat and the defence."""
+        timestep = torch.full((x.shape[0],), float(t - 1), device=self.device)
+        return attacked_eps(self.model, x, timestep, self.attack, self.generators, self.defence)
 
     def _baseline_sigma(self, t: int, t_prev: int) -> float:
         return min(self.baseline_sigma, self.schedule.sigma_max(t, t_prev))
 
+    # the attack-free prefix x_T -> x_{t_c} -------------------------------------------------------------
+    def _prefix(self, generators: list[torch.Generator]) -> torch.Tensor:
+        ts = self.timesteps
+        k = len(ts) - self.t_c  # strided steps above t_c, then x_{t_c}
+        x = randn_per_generator(generators, self.shape, self.device)
+        return ddim_steps(self.model, x, ts[: k + 1], generators, self.attack, self.t_c, self.baseline_sigma,
+                          self.defence)  # fmt: skip
+
+    def _cache_config(self) -> tuple:
+        return (id(self.model.unet), self.model.source, str(self.device), self.t_c, self.stride, self.baseline_sigma,
+                self.defence)  # fmt: skip
+
+    def _cached_prefix(self, seeds: list[int], generators: list[torch.Generator], restore: bool) -> torch.Tensor:
+        """``x_{t_c}`` for episodes seeded ``seeds`` (generators already seeded), computing only the misses."""
+        config = self._cache_config()
+        items = [PREFIX_CACHE.get((config, s)) for s in seeds]
+        miss = [i for i, item in enumerate(items) if item is None]
+        if miss:
+            x_new = self._prefix([generators[i] for i in miss])
+            for j, i in enumerate(miss):
+                items[i] = (x_new[j], generators[i].get_state())
+                PREFIX_CACHE.put((config, seeds[i]), *items[i])  # type: ignore[misc]
+        if restore:
+            for i, item in enumerate(items):
+                if i not in miss:
+                    generators[i].set_state(item[1])  # type: ignore[index]
+        return torch.stack([item[0] for item in items])  # type: ignore[index]
+
     # episode control ----------------------------------------------------------------------------------
     def reset(self, torch_seeds: list[int] | None) -> None:
-        """Start N episodes: draw x_T, run the strided steps down to t_c and predict eps at t_c."""
+        """Start N episodes: draw x_T, run the strided steps down to t_c (or reuse them) and predict eps at t_c."""
         if torch_seeds is not None:
             for g, s in zip(self.generators, torch_seeds, strict=True):
                 g.manual_seed(int(s))
-        ts = self.timesteps
-        k = len(ts) - self.t_c  # strided steps above t_c, then x_{t_c}
-        x = ddim_steps(
-            self.model, self._normal(), ts[: k + 1], self.generators, self.attack, self.t_c, self.baseline_sigma
-        )
+        if self.prefix_pool > 0:
+            picks = [int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators]
+            pool_gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in picks]
+            x = self._cached_prefix([POOL_SEED_BASE + j for j in picks], pool_gens, restore=False)
+        elif self.prefix_cache and torch_seeds is not None:
+            x = self._cached_prefix([int(s) for s in torch_seeds], self.generators, restore=True)
+        else:
+            x = self._prefix(self.generators)
         self.t = self.t_c
         eps = self._eps(x, self.t_c)
         self.x_agent, self.x_baseline = x, x.clone()
@@ -162,12 +267,18 @@ class DDIMSigmaSimulator:
         self.x0_agent = predict_x0(x, eps, self.alpha_bar[self.t_c])
         self.x0_baseline = self.x0_agent.clone()
 
-    def sigma_for(self, eta: torch.Tensor) -> torch.Tensor:
-        """The agent's sigma for eta in [0, 1] at the current step: ``eta * sigma_ddpm(t, t - 1)``."""
-        return eta * self.schedule.sigma_ddpm(self.t, self.t - 1)
+    def sigma_scale(self, t: int) -> float:
+        """The sigma of action 1 at step t -> t - 1: ``sigma_max`` (``"sigma_frac"``) or ``sigma_ddpm`` (``"eta"``)."""
+        if self.action == "eta":
+            return self.schedule.sigma_ddpm(t, t - 1)
+        return self.schedule.sigma_max(t, t - 1)
 
-    def step(self, eta: torch.Tensor) -> SimulatorStep:
-        """Apply the agents' ``eta`` ``(N,)`` at the current t; returns rewards and qualities.
+    def sigma_for(self, action: torch.Tensor) -> torch.Tensor:
+        """The agent's sigma ``(N,)`` for actions ``(N,)`` in [0, 1] at the current step."""
+        return action * self.sigma_scale(self.t)
+
+    def step(self, action: torch.Tensor) -> SimulatorStep:
+        """Apply the agents' actions ``(N,)`` in [0, 1] at the current t; returns rewards and qualities.
 
         Raises:
             RuntimeError: when called before :meth:`reset` or after the episode ended.
@@ -176,7 +287,7 @@ class DDIMSigmaSimulator:
             raise RuntimeError("DDIMSigmaSimulator.step called before reset() or after the episode ended")
         t, t_prev = self.t, self.t - 1
         ab_t, ab_prev = self.alpha_bar[t], self.alpha_bar[t_prev]
-        sigma_a = self.sigma_for(eta)
+        sigma_a = self.sigma_for(action)
         z = self._normal()
         x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
         x_b = ddim_step(self.x_baseline, self.eps_baseline, ab_t, ab_prev, self._baseline_sigma(t, t_prev), z).x_prev
@@ -195,18 +306,44 @@ class DDIMSigmaSimulator:
         return SimulatorStep(reward=q_a - q_b, q_agent=q_a, q_baseline=q_b, sigma=sigma_a, t=t, terminated=t_prev == 0)
 
 
-def _validated_eta(action: Any, num_envs: int) -> np.ndarray:
-    """Actions -> eta ``(num_envs,)`` float32 in [0, 1]; raises ValueError naming the bad value."""
+def _validated_action(action: Any, num_envs: int) -> np.ndarray:
+    """Actions -> ``(num_envs,)`` float32 in [0, 1]; raises ValueError naming the bad value."""
     arr = np.asarray(action, dtype=np.float64)
     if arr.shape not in ((num_envs, 1), (num_envs,)) and not (num_envs == 1 and arr.shape in ((), (1,), (1, 1))):
         expected = "(1,)" if num_envs == 1 else f"({num_envs}, 1)"
-        raise ValueError(f"action must have shape {expected} (eta per env), got shape {arr.shape}")
-    eta = arr.reshape(num_envs)
-    bad = ~np.isfinite(eta) | (eta < 0.0) | (eta > 1.0)
+        raise ValueError(f"action must have shape {expected} (one number per env), got shape {arr.shape}")
+    a = arr.reshape(num_envs)
+    bad = ~np.isfinite(a) | (a < 0.0) | (a > 1.0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"action (eta) must be a finite number in [0, 1]; env {i} got {float(eta[i])}")
-    return eta.astype(np.float32)
+        raise ValueError(f"action must be a finite number in [0, 1]; env {i} got {float(a[i])}")
+    return a.astype(np.float32)
+
+
+#: Constructor arguments shared by the single and the vector env, with their defaults (documented on
+#: :class:`DDIMSigmaEnv`).
+ENV_DEFAULTS: dict[str, Any] = {
+    "t_c": 20,
+    "stride": 50,
+    "action": "sigma_frac",
+    "attack": "gaussian",
+    "attack_scale": 0.01,
+    "attack_clip": 0.05,
+    "attack_budget": 0.0,
+    "attack_budget_unit": "timesteps",
+    "attack_grid": 2,
+    "attack_steps": 1,
+    "defence": "none",
+    "defence_t_share": 100.0,
+    "defence_n_share": 5,
+    "evaluator": "levels",
+    "model": "embedded",
+    "device": None,
+    "baseline_sigma": 0.0,
+    "prefix_cache": False,
+    "prefix_pool": 0,
+    "render_mode": None,
+}
 
 
 class _DDIMSigmaMixin:
@@ -214,43 +351,50 @@ class _DDIMSigmaMixin:
 
     metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 4}
 
-    def _setup(
-        self,
-        num_envs: int,
-        t_c: int,
-        stride: int,
-        attack: str,
-        attack_scale: float,
-        attack_clip: float,
-        evaluator: str | QualityEvaluator,
-        model: str | NoiseModel,
-        device: str | torch.device | None,
-        baseline_sigma: float,
-        render_mode: str | None,
-    ) -> None:
+    def _setup(self, num_envs: int, kw: dict[str, Any]) -> None:
+        render_mode, baseline_sigma = kw["render_mode"], kw["baseline_sigma"]
+        t_c, stride = kw["t_c"], kw["stride"]
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         if not (isinstance(baseline_sigma, (int, float)) and math.isfinite(baseline_sigma) and baseline_sigma >= 0):
             raise ValueError(f"baseline_sigma must be a finite number >= 0, got {baseline_sigma!r}")
-        for name, value in (("t_c", t_c), ("stride", stride)):
+        for name in ("t_c", "stride", "prefix_pool"):
+            value = kw[name]
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an int, got {value!r}")
+        if kw["prefix_pool"] < 0:
+            raise ValueError(f"prefix_pool must be >= 0 (0: off), got {kw['prefix_pool']}")
+        if kw["action"] not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {kw['action']!r}")
+        if kw["attack_budget_unit"] not in ("timesteps", "T"):
+            raise ValueError(f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}")
         self.render_mode = render_mode
-        dev = _resolve_device(device)
-        noise_model = _get_model(model, dev)
+        dev = _resolve_device(kw["device"])
+        noise_model = _get_model(kw["model"], dev)
         T = noise_model.schedule.num_train_timesteps
         if not 1 <= t_c <= T:
             raise ValueError(f"t_c must be in [1, T={T}], got {t_c}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
+        budget = kw["attack_budget"]
+        if kw["attack_budget_unit"] == "T" and kw["attack"] in ("shift", "adaptive"):
+            budget = budget * T if isinstance(budget, (int, float)) and not isinstance(budget, bool) else budget
+        attack = TimestepAttack(kind=kw["attack"], scale=kw["attack_scale"], clip=kw["attack_clip"], budget=budget,
+                                grid=kw["attack_grid"], steps=kw["attack_steps"])  # fmt: skip
+        if attack.kind in ("shift", "adaptive", "state") and not attack.active:
+            raise ValueError(f"attack={attack.kind!r} needs attack_budget > 0, got {kw['attack_budget']!r}")
         self.sim = DDIMSigmaSimulator(
             num_envs=num_envs,
             model=noise_model,
-            evaluator=_get_evaluator(evaluator, dev),
+            evaluator=_get_evaluator(kw["evaluator"], dev),
             t_c=int(t_c),
             stride=int(stride),
-            attack=TimestepAttack(kind=attack, scale=attack_scale, clip=attack_clip),
+            attack=attack,
             baseline_sigma=baseline_sigma,
+            defence=TimestepDefence(kind=kw["defence"], t_share=kw["defence_t_share"], n_share=kw["defence_n_share"]),
+            action=kw["action"],
+            prefix_cache=bool(kw["prefix_cache"]),
+            prefix_pool=int(kw["prefix_pool"]),
         )
         self.t_c = int(t_c)
         c, h, w = noise_model.sample_shape
@@ -292,22 +436,27 @@ class _DDIMSigmaMixin:
 
 
 class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
-    """Schedule the DDIM sigma of one sample near t = 0 while its noise network's timestep is attacked.
+    """Schedule the DDIM sigma of one sample near t = 0 while its noise network is attacked.
 
     ## Description
     A DDIM sampler (Song et al. 2020) runs from ``x_T ~ N(0, I)`` along ``t_c + K*d, ..., t_c + d, t_c, t_c - 1,
     ..., 1, 0`` with ``K = floor((T - t_c) / d)``. Above the critical timestep ``t_c`` the baseline sigma is
-    used; from ``t_c`` to 1 (unit steps, where Lipschitz singularities make the network fragile) the agent
-    picks sigma for each step while an attacker perturbs the network's timestep input (seed 000 sec. 5.1.3).
-    A second, baseline trajectory with the fixed sigma (0: deterministic DDIM) shares ``x_T``, the noise
-    draws and the attack draws; rewards are quality differences between the two (seed 000 Eq. 16-21).
+    used; from ``t_c`` to 1 (unit steps, the range seed 000 calls vulnerable to Lipschitz singularities) the
+    agent picks sigma for each step while an attacker perturbs the network (seed 000 sec. 5.1.3: its
+    timestep input). Measured on the embedded model, the network's timestep sensitivity peaks at the network
+    timestep 1-2 and falls at 0, and the x0 prediction barely moves under the seed's attack
+    (``docs/singularity.md``); stronger threats are arguments. A second, baseline trajectory with the fixed
+    sigma (0: deterministic DDIM) shares ``x_T``, the noise draws and the attack draws; rewards are quality
+    differences between the two (seed 000 Eq. 16-21).
 
     ## Action Space
-    ``Box(0, 1, (1,), float32)``: ``eta``. The agent's sigma is
-    ``sigma_t = eta * sqrt((1 - ab_{t-1}) / (1 - ab_t)) * sqrt(1 - ab_t / ab_{t-1})`` (DDIM Eq. 16; eta = 0 is
-    DDIM, eta = 1 the DDPM posterior), which always satisfies ``0 <= sigma <= sqrt(1 - alpha_bar[t-1])``. At
-    t = 1, ``alpha_bar[0] = 1`` forces sigma = 0: the last action has no effect. A NaN, infinite or
-    out-of-range eta, or a wrong shape, raises ``ValueError`` (no silent clipping).
+    ``Box(0, 1, (1,), float32)``: ``a``. With ``action="sigma_frac"`` (default, seed 000 Eq. 15's range)
+    ``sigma_t = a * sqrt(1 - alpha_bar[t-1])``: a = 1 is the largest sigma the DDIM update admits (the
+    direction term vanishes: ``x_{t-1} = sqrt(ab_{t-1}) x0_pred + sigma z``). With ``action="eta"``,
+    ``sigma_t = a * sqrt((1 - ab_{t-1}) / (1 - ab_t)) * sqrt(1 - ab_t / ab_{t-1})`` (DDIM Eq. 16; a = 1 is the
+    DDPM posterior sigma, about 0.29 of the largest feasible sigma at t = 20 and less nearer 0). At t = 1,
+    ``alpha_bar[0] = 1`` forces sigma = 0 in both modes: the last action has no effect. A NaN, infinite or
+    out-of-range action, or a wrong shape, raises ``ValueError`` (no silent clipping).
 
     ## Observation Space
     ``Dict`` (seed 000 Eq. 14, ``s_t = (x_t, t)``), the agent trajectory's state:
@@ -323,10 +472,12 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``r_t = Q(x0_pred(x_{t-1}^Ag)) - Q(x0_pred(x_{t-1}^Ba))`` for t = t_c..2 (Eq. 19-21) and
     ``r_1 = Q(x_0^Ag) - Q(x_0^Ba)`` at t = 1 (Eq. 16-18). ``Q`` is the evaluator (scores in [1, 5]), so each
     reward lies in [-4, 4]. ``x0_pred`` is seed 000 Eq. 10, computed from the attacked network call that the
-    next transition uses.
+    next transition uses. x0_pred is not clipped to [-1, 1] (as in the DDIM paper; the embedded model's
+    ``scheduler_config.json`` says ``clip_sample: false`` to match), only the images scored are clamped.
 
     ## Starting State
-    ``x_{t_c}`` after the strided baseline steps from ``x_T ~ N(0, I)``.
+    ``x_{t_c}`` after the strided baseline steps from ``x_T ~ N(0, I)`` (``prefix_cache`` / ``prefix_pool``
+    reuse them; see :class:`DDIMSigmaSimulator`).
 
     ## Episode End
     Terminates after exactly ``t_c`` steps (the step at t = 1 yields x_0). No truncation of its own; the
@@ -339,35 +490,57 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     ## Arguments
     - ``t_c`` (int, default 20): critical timestep, 1 <= t_c <= T; episode length.
     - ``stride`` (int, default 50): d, the DDIM stride above t_c, >= 1.
-    - ``attack`` (str, default ``"gaussian"``): ``"gaussian"`` (the paper's) or ``"none"``.
-    - ``attack_scale`` (float, default 0.01), ``attack_clip`` (float, default 0.05): timestep units.
+    - ``action`` (str, default ``"sigma_frac"``): ``"sigma_frac"`` (a fraction of the largest feasible sigma)
+      or ``"eta"`` (DDIM's eta; v0's only meaning before this argument existed).
+    - ``attack`` (str, default ``"gaussian"``): the threat at t <= t_c, one of
+      :data:`robust_envs.diffusion.ATTACKS`: ``"gaussian"`` (seed 000's), ``"shift"``, ``"adaptive"``,
+      ``"state"``, ``"none"`` (see :mod:`robust_envs.diffusion.attack`).
+    - ``attack_scale`` (float, default 0.01), ``attack_clip`` (float, default 0.05): ``"gaussian"``, timestep units.
+    - ``attack_budget`` (float): ``"shift"`` / ``"adaptive"``: timestep units (or a fraction of T with
+      ``attack_budget_unit="T"``); ``"state"``: Linf radius in model space ([-1, 1] data). Required (> 0) by them.
+    - ``attack_grid`` (int, default 2): ``"adaptive"`` candidates; ``attack_steps`` (int, default 1): ``"state"`` PGD steps.
+    - ``defence`` (str, default ``"none"``): ``"round"`` (timestep rounded to the training grid) or
+      ``"share"`` (E-TSDM-style sharing inside ``[0, defence_t_share)`` in ``defence_n_share`` intervals).
     - ``evaluator`` (str or QualityEvaluator, default ``"levels"``): see :func:`robust_envs.quality.make_evaluator`.
     - ``model`` (str or NoiseModel, default ``"embedded"``): see :func:`robust_envs.diffusion.load_noise_model`.
     - ``device`` (str, default: CUDA if available, else CPU).
     - ``baseline_sigma`` (float, default 0.0): the fixed sigma of the baseline (and of every step above t_c),
       clipped per step to ``sqrt(1 - alpha_bar[t_prev])`` (documented clip).
+    - ``prefix_cache`` (bool, default False), ``prefix_pool`` (int, default 0: off): reuse the attack-free
+      prefix above t_c (:class:`DDIMSigmaSimulator`).
     - ``render_mode``: None or ``"rgb_array"`` (agent | baseline x0_pred, side by side).
 
     ## Version History
-    - v0: initial release.
+    - v0: initial release; the ``action`` argument (default ``"sigma_frac"``, seed 000's range) and the
+      threats ``"shift"``, ``"adaptive"``, ``"state"`` with the ``defence`` option were added later under the
+      same id; pass ``action="eta"`` for the earlier action.
     """
 
     def __init__(
         self,
         t_c: int = 20,
         stride: int = 50,
+        action: str = "sigma_frac",
         attack: str = "gaussian",
         attack_scale: float = 0.01,
         attack_clip: float = 0.05,
+        attack_budget: float = 0.0,
+        attack_budget_unit: str = "timesteps",
+        attack_grid: int = 2,
+        attack_steps: int = 1,
+        defence: str = "none",
+        defence_t_share: float = 100.0,
+        defence_n_share: int = 5,
         evaluator: str | QualityEvaluator = "levels",
         model: str | NoiseModel = "embedded",
         device: str | torch.device | None = None,
         baseline_sigma: float = 0.0,
+        prefix_cache: bool = False,
+        prefix_pool: int = 0,
         render_mode: str | None = None,
     ) -> None:
-        self._setup(
-            1, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device, baseline_sigma, render_mode
-        )
+        kw = {k: v for k, v in locals().items() if k in ENV_DEFAULTS}
+        self._setup(1, kw)
         self.observation_space = self._single_obs_space  # type: ignore[assignment]
         self.action_space = self._single_act_space
         self._needs_reset = True
@@ -385,8 +558,8 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("DDIMSigmaEnv.step called before reset() or after the episode terminated")
-        eta = _validated_eta(action, 1)
-        out = self.sim.step(torch.as_tensor(eta, device=self.sim.device))
+        a = _validated_action(action, 1)
+        out = self.sim.step(torch.as_tensor(a, device=self.sim.device))
         self._needs_reset = out.terminated
         info = {k: v[0].item() for k, v in self._step_info(out).items()}
         obs = {k: v[0] for k, v in self._obs().items()}
@@ -404,7 +577,7 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
     Same arguments, spaces (batched) and semantics as :class:`DDIMSigmaEnv`, plus ``num_envs`` and
     ``autoreset_mode`` (``AutoresetMode.NEXT_STEP`` default, or ``SAME_STEP`` for SB3). Sub-env ``i`` seeded
     with ``seed + i`` reproduces ``DDIMSigmaEnv`` reset with that seed, step for step. ``max_episode_steps``
-    (passed by ``gym.make_vec``) truncates episodes longer than it. Actions ``(num_envs, 1)`` eta in [0, 1].
+    (passed by ``gym.make_vec``) truncates episodes longer than it. Actions ``(num_envs, 1)`` in [0, 1].
     """
 
     def __init__(
@@ -412,25 +585,35 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         num_envs: int = 1,
         t_c: int = 20,
         stride: int = 50,
+        action: str = "sigma_frac",
         attack: str = "gaussian",
         attack_scale: float = 0.01,
         attack_clip: float = 0.05,
+        attack_budget: float = 0.0,
+        attack_budget_unit: str = "timesteps",
+        attack_grid: int = 2,
+        attack_steps: int = 1,
+        defence: str = "none",
+        defence_t_share: float = 100.0,
+        defence_n_share: int = 5,
         evaluator: str | QualityEvaluator = "levels",
         model: str | NoiseModel = "embedded",
         device: str | torch.device | None = None,
         baseline_sigma: float = 0.0,
+        prefix_cache: bool = False,
+        prefix_pool: int = 0,
         render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
     ) -> None:
+        kw = {k: v for k, v in locals().items() if k in ENV_DEFAULTS}
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
         if max_episode_steps is not None and max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1 or None, got {max_episode_steps}")
         LockstepVectorEnv.__init__(self, autoreset_mode)
         self.num_envs = int(num_envs)
-        self._setup(self.num_envs, t_c, stride, attack, attack_scale, attack_clip, evaluator, model, device,
-                    baseline_sigma, render_mode)  # fmt: skip
+        self._setup(self.num_envs, kw)
         self.single_observation_space = self._single_obs_space
         self.single_action_space = self._single_act_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
@@ -454,8 +637,8 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
     def _step_batch(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("DDIMSigmaVectorEnv.step called before reset()")
-        eta = _validated_eta(actions, self.num_envs)
-        out = self.sim.step(torch.as_tensor(eta, device=self.sim.device))
+        a = _validated_action(actions, self.num_envs)
+        out = self.sim.step(torch.as_tensor(a, device=self.sim.device))
         self._elapsed += 1
         terminated = np.full(self.num_envs, out.terminated)
         truncated = np.full(self.num_envs, (not out.terminated) and self.max_episode_steps is not None
