@@ -1,13 +1,26 @@
-"""Train the paper's sigma scheduler: SB3 PPO with an MLP policy on DDIMSigma-v0 (seed 000 sec. 5.1.3).
+"""Train a sigma scheduler on DDIMSigma-v0: the paper's PPO (seed 000 sec. 5.1.3), or SAC / TQC / RecurrentPPO.
 
 Paper settings: PPO (Schulman et al. 2017) with clip epsilon 0.2, gamma 0.995, an MLP policy on the state
-``(x_t, t)``. The rest (rollout length, batch, learning rate, budget) is not in the paper; the defaults
-below are sized for a CPU demo. The batched ``DDIMSigmaVectorEnv`` feeds PPO through
+``(x_t, t)``. The rest (rollout length, batch, learning rate, budget) is not in the paper; the defaults are
+sized for a CPU. The batched ``DDIMSigmaVectorEnv`` feeds SB3 through
 :func:`robust_envs.wrappers.make_sb3_vec_env`.
+
+The standard means that make the learner work on this env (each an :class:`Args` field, measured in
+``docs/sigma_benchmark.md``):
+
+- the action: the env's ``Box(0, 1)`` is presented to the learner as ``Box(-1, 1)`` (Gymnasium's vector
+  ``RescaleAction``), so a fresh Gaussian policy starts at the middle of the range (a = 0.5) instead of
+  its lower edge with half its samples clipped; ``log_std_init`` sets the initial exploration (SB3: 0);
+- observations and rewards: SB3's ``VecNormalize`` (running mean / std of each observation feature, returns
+  scaled by their running std): the raw ``t`` (1..t_c) and 784 raw pixels otherwise feed a tanh MLP unscaled,
+  and rewards are about 1e-2 per step;
+- resets: ``prefix_pool`` reuses the attack-free strided prefix above ``t_c`` (a pool of ``x_{t_c}``), about
+  halving the cost of an episode at ``t_c = 10``.
 
 Usage::
 
     python -m agents.ppo_sigma --t-c 20 --total-timesteps 8192 --num-envs 16
+    python -m agents.ppo_sigma --algo sac --t-c 20
     tensorboard --logdir runs/
 """
 
@@ -15,32 +28,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from stable_baselines3 import PPO
+from gymnasium.vector import AutoresetMode
 
-from robust_envs.wrappers import make_sb3_vec_env
+from robust_envs.wrappers import SB3VecEnvAdapter
 
-__all__ = ["Args", "env_kwargs", "train"]
+__all__ = ["ALGOS", "Args", "SB3SigmaPolicy", "env_kwargs", "make_train_env", "train"]
+
+#: Learners: the paper's PPO and the agent-agnostic check (sb3-contrib's TQC and RecurrentPPO, SB3's SAC).
+ALGOS = ("ppo", "sac", "tqc", "recurrent_ppo")
 
 
 @dataclass
 class Args:
-    """Arguments of the PPO sigma scheduler (one docstring per field, CleanRL style)."""
+    """Arguments of the sigma scheduler (one docstring per field, CleanRL style)."""
 
+    algo: str = "ppo"
+    """learner: 'ppo' (seed 000), 'sac', 'tqc' or 'recurrent_ppo'"""
     t_c: int = 20
     """critical timestep: the agent schedules sigma for t = t_c..1 (episode length)"""
     stride: int = 50
     """DDIM stride d above t_c"""
+    action: str = "sigma_frac"
+    """what the env's action means: 'sigma_frac' (a fraction of the largest feasible sigma) or 'eta'"""
     attack: str = "gaussian"
-    """timestep attack: 'gaussian' (seed 000 sec. 5.1.3) or 'none'"""
+    """threat: 'gaussian' (seed 000 sec. 5.1.3), 'shift', 'adaptive', 'state' or 'none'"""
     attack_scale: float = 0.01
-    """std of the timestep perturbation (timestep units)"""
+    """'gaussian': std of the timestep perturbation (timestep units)"""
     attack_clip: float = 0.05
-    """clip of the timestep perturbation (timestep units)"""
+    """'gaussian': clip of the timestep perturbation (timestep units)"""
+    attack_budget: float = 0.0
+    """'shift' / 'adaptive': timestep units; 'state': Linf radius in model space"""
+    defence: str = "none"
+    """timestep defence: 'none', 'round' or 'share'"""
     evaluator: str = "levels"
     """quality evaluator: 'levels' (embedded), 'qalign' (GPU + weights) or a pyiqa NR metric"""
     model: str = "embedded"
@@ -52,60 +78,179 @@ class Args:
     total_timesteps: int = 8192
     """env steps of training (all envs together)"""
     n_steps: int = 64
-    """rollout length per env per PPO update"""
+    """PPO / RecurrentPPO: rollout length per env per update"""
     batch_size: int = 256
-    """PPO minibatch size"""
+    """minibatch size"""
     n_epochs: int = 4
-    """PPO epochs per update"""
+    """PPO / RecurrentPPO: epochs per update"""
     learning_rate: float = 3e-4
     """Adam learning rate"""
     gamma: float = 0.995
     """discount (paper: 0.995)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
+    log_std_init: float = -1.0
+    """initial log std of the Gaussian policy (SB3's default is 0; PPO / RecurrentPPO / SAC / TQC)"""
+    normalize_obs: bool = True
+    """VecNormalize the observations (running mean / std per feature)"""
+    normalize_reward: bool = True
+    """VecNormalize the rewards (scaled by the running std of the discounted return)"""
+    prefix_pool: int = 4096
+    """x_{t_c} pool size for training resets (0: run the prefix every reset)"""
     seed: int = 0
-    """seed of the env and of PPO"""
+    """seed of the env and of the learner"""
     out_dir: str = "runs/ppo_sigma"
     """where the checkpoint, args and TensorBoard logs go"""
     progress_bar: bool = True
     """show a tqdm/rich progress bar"""
+    tensorboard: bool = True
+    """write TensorBoard logs to <out_dir>/tb"""
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
+        for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def env_kwargs(args: Any) -> dict[str, Any]:
     """The DDIMSigma-v0 constructor arguments in ``args`` (shared by training and evaluation)."""
-    return {
+    kw = {
         "t_c": args.t_c, "stride": args.stride, "attack": args.attack, "attack_scale": args.attack_scale,
         "attack_clip": args.attack_clip, "evaluator": args.evaluator, "model": args.model,
         "device": None if args.device == "auto" else args.device,
     }  # fmt: skip
+    for name, default in (("action", "sigma_frac"), ("attack_budget", 0.0), ("defence", "none")):
+        kw[name] = getattr(args, name, default)
+    return kw
 
 
-def train(args: Args) -> PPO:
-    """Train PPO on DDIMSigma-v0 and save ``<out_dir>/ppo_sigma.zip`` and ``<out_dir>/args.json``."""
+def make_train_env(args: Args) -> Any:
+    """The SB3 VecEnv the learner sees: batched env -> RescaleAction to [-1, 1] -> SB3 adapter -> VecMonitor
+    -> VecNormalize (when asked).
+    """
+    import gymnasium as gym
+    from gymnasium.wrappers.vector import RescaleAction
+    from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
+
+    venv = gym.make_vec("DDIMSigma-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
+                        autoreset_mode=AutoresetMode.SAME_STEP, prefix_pool=args.prefix_pool, **env_kwargs(args))  # fmt: skip
+    sb3 = VecMonitor(SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0))))  # SB3 clips to [-1, 1]: edges map to 0 and 1 exactly
+    if args.normalize_obs or args.normalize_reward:
+        return VecNormalize(sb3, norm_obs=args.normalize_obs, norm_reward=args.normalize_reward, gamma=args.gamma)
+    return sb3
+
+
+class SB3SigmaPolicy:
+    """A trained SB3 learner as a sigma schedule on the raw env: SB3's ``predict`` interface.
+
+    It applies the training-time observation normalisation (frozen statistics), calls the learner
+    deterministically and maps its ``[-1, 1]`` action back to the env's ``[0, 1]``. Recurrent learners get
+    their state and ``episode_start`` passed through.
+
+    Shapes: ``observation`` is the batched Dict observation (``x_t`` ``(N, C, H, W)``, ``t`` ``(N, 1)``); the
+    returned actions are ``(N, 1)`` float32 in [0, 1].
+    """
+
+    def __init__(self, model: Any, obs_rms: dict[str, Any] | None = None, clip_obs: float = 10.0,
+                 epsilon: float = 1e-8) -> None:  # fmt: skip
+        self.model = model
+        self.obs_rms = obs_rms
+        self.clip_obs = clip_obs
+        self.epsilon = epsilon
+
+    def normalize(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """VecNormalize's observation transform with the frozen training statistics."""
+        if self.obs_rms is None:
+            return observation
+        out = {}
+        for key, value in observation.items():
+            rms = self.obs_rms[key]
+            out[key] = np.clip((value - rms.mean) / np.sqrt(rms.var + self.epsilon), -self.clip_obs, self.clip_obs)
+        return {k: v.astype(np.float32) for k, v in out.items()}
+
+    def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
+                deterministic: bool = True) -> tuple[np.ndarray, Any]:  # fmt: skip
+        action, state = self.model.predict(self.normalize(observation), state=state, episode_start=episode_start,
+                                           deterministic=deterministic)  # fmt: skip
+        action = np.clip((np.asarray(action, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
+        return action.reshape(-1, 1), state
+
+    def save(self, out_dir: Path) -> None:
+        """``<out_dir>/policy.zip`` (SB3) and ``<out_dir>/obs_rms.pkl``."""
+        self.model.save(Path(out_dir) / "policy")
+        with open(Path(out_dir) / "obs_rms.pkl", "wb") as f:
+            pickle.dump(self.obs_rms, f)
+
+    @classmethod
+    def load(cls, out_dir: str | Path, algo: str | None = None) -> SB3SigmaPolicy:
+        """Load what :meth:`save` wrote (``algo`` read from ``args.json`` when not given).
+
+        Raises:
+            FileNotFoundError: when ``policy.zip`` is missing, naming the folder.
+        """
+        out = Path(out_dir)
+        if not (out / "policy.zip").is_file():
+            raise FileNotFoundError(f"{out / 'policy.zip'} not found: train with `python -m agents.ppo_sigma --out-dir {out}`")
+        if algo is None:
+            algo = json.loads((out / "args.json").read_text()).get("algo", "ppo") if (out / "args.json").is_file() else "ppo"
+        rms_path = out / "obs_rms.pkl"
+        obs_rms = pickle.loads(rms_path.read_bytes()) if rms_path.is_file() else None
+        return cls(_algo_class(algo).load(out / "policy", device="cpu"), obs_rms)
+
+
+def _algo_class(algo: str) -> Any:
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+
+        return PPO
+    if algo == "sac":
+        from stable_baselines3 import SAC
+
+        return SAC
+    if algo == "tqc":
+        from sb3_contrib import TQC
+
+        return TQC
+    if algo == "recurrent_ppo":
+        from sb3_contrib import RecurrentPPO
+
+        return RecurrentPPO
+    raise ValueError(f"algo must be one of {ALGOS}, got {algo!r}")
+
+
+def _learner(args: Args, venv: Any, out: Path) -> Any:
+    cls = _algo_class(args.algo)
+    common = {"learning_rate": args.learning_rate, "gamma": args.gamma, "seed": args.seed, "verbose": 0,
+              "tensorboard_log": str(out / "tb") if args.tensorboard else None, "device": "cpu"}  # the policy is tiny; the env's nets use args.device
+    policy_kwargs: dict[str, Any] = {"log_std_init": args.log_std_init}
+    if args.algo in ("ppo", "recurrent_ppo"):
+        policy = "MultiInputPolicy" if args.algo == "ppo" else "MultiInputLstmPolicy"
+        return cls(policy, venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
+                   clip_range=args.clip_range, policy_kwargs=policy_kwargs, **common)  # fmt: skip
+    # SAC / TQC: one gradient step per vector step (num_envs env steps), a replay buffer of the whole budget
+    return cls("MultiInputPolicy", venv, batch_size=args.batch_size, learning_starts=max(args.batch_size, 4 * args.num_envs),
+               buffer_size=max(args.total_timesteps, 1000), policy_kwargs=policy_kwargs, **common)  # fmt: skip
+
+
+def train(args: Args) -> SB3SigmaPolicy:
+    """Train on DDIMSigma-v0; save ``<out_dir>/policy.zip``, ``obs_rms.pkl`` and ``args.json``; return the policy."""
+    from stable_baselines3.common.vec_env import VecNormalize
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(asdict(args), indent=2))
     torch.manual_seed(args.seed)
-    venv = make_sb3_vec_env("DDIMSigma-v0", num_envs=args.num_envs, **env_kwargs(args))
+    venv = make_train_env(args)
     venv.seed(args.seed)
-    model = PPO(
-        "MultiInputPolicy",
-        venv,
-        n_steps=args.n_steps,
-        batch_size=args.batch_size,
-        n_epochs=args.n_epochs,
-        learning_rate=args.learning_rate,
-        gamma=args.gamma,
-        clip_range=args.clip_range,
-        seed=args.seed,
-        tensorboard_log=str(out / "tb"),
-        device="cpu",  # the MLP policy is tiny; the env's networks use args.device
-        verbose=0,
-    )
-    model.learn(total_timesteps=args.total_timesteps, progress_bar=args.progress_bar, tb_log_name="ppo")
-    model.save(out / "ppo_sigma")
+    model = _learner(args, venv, out)
+    model.learn(total_timesteps=args.total_timesteps, progress_bar=args.progress_bar, tb_log_name=args.algo)
+    obs_rms = venv.obs_rms if isinstance(venv, VecNormalize) and args.normalize_obs else None
+    policy = SB3SigmaPolicy(model, obs_rms, clip_obs=venv.clip_obs if isinstance(venv, VecNormalize) else 10.0)
+    policy.save(out)
     venv.close()
-    return model
+    return policy
 
 
 def parse_args(argv: list[str] | None = None, defaults: Args | None = None) -> Args:
@@ -123,5 +268,6 @@ def parse_args(argv: list[str] | None = None, defaults: Args | None = None) -> A
 
 
 if __name__ == "__main__":
-    trained = train(parse_args())
-    print(f"saved {Path(parse_args().out_dir) / 'ppo_sigma.zip'} after {trained.num_timesteps} steps")
+    parsed = parse_args()
+    trained = train(parsed)
+    print(f"saved {Path(parsed.out_dir) / 'policy.zip'} after {trained.model.num_timesteps} steps")

@@ -1,7 +1,10 @@
 """Fixed-schedule reference agents for DDIMSigma-v0, with SB3's ``predict`` interface.
 
-They are the comparison points of the evaluation (seed 000 sec. 5.1.4 compares the learnt policy with the
-fixed sigma = 0 schedule; constant eta 0.5 / 1.0 and a uniformly random eta bracket what a schedule can do).
+They are the comparison points of the evaluation: seed 000 sec. 5.1.4 compares the learnt policy with the
+fixed sigma = 0 schedule (action 0); a learnt schedule earns its place only by matching or beating every
+constant action of a grid (``docs/sigma_benchmark.md``), and a uniformly random action brackets what an
+uninformed schedule does. The action ``a`` in [0, 1] means what the env's ``action`` argument says
+(``"sigma_frac"``: ``sigma = a * sqrt(1 - alpha_bar[t-1])``; ``"eta"``: DDIM's eta).
 """
 
 from __future__ import annotations
@@ -10,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConstantEta", "RandomEta", "SigmaPolicy"]
+__all__ = ["ConstantAction", "RandomAction", "SigmaPolicy"]
 
 
 class SigmaPolicy:
-    """Anything with SB3's ``predict(observation, deterministic) -> (actions, state)``.
+    """Anything with SB3's ``predict(observation, state, episode_start, deterministic) -> (actions, state)``.
 
     ``observation`` is the batched Dict observation of :class:`~robust_envs.envs.ddim_sigma.DDIMSigmaVectorEnv`
-    (``x_t`` ``(N, C, H, W)``, ``t`` ``(N, 1)``); ``actions`` are ``(N, 1)`` float32 eta in [0, 1].
+    (``x_t`` ``(N, C, H, W)``, ``t`` ``(N, 1)``); ``actions`` are ``(N, 1)`` float32 in [0, 1].
     """
 
     def predict(
@@ -26,25 +29,25 @@ class SigmaPolicy:
         raise NotImplementedError
 
 
-class ConstantEta(SigmaPolicy):
-    """Always the same eta (0 = deterministic DDIM, the paper's baseline; 1 = DDPM posterior sigma).
+class ConstantAction(SigmaPolicy):
+    """Always the same action ``a`` (0 = deterministic DDIM, the paper's baseline).
 
     Raises:
-        ValueError: if ``eta`` is outside [0, 1].
+        ValueError: if ``a`` is outside [0, 1].
     """
 
-    def __init__(self, eta: float) -> None:
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
-        self.eta = float(eta)
+    def __init__(self, a: float) -> None:
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"a must be in [0, 1], got {a}")
+        self.a = float(a)
 
     def predict(self, observation, state=None, episode_start=None, deterministic=True):  # noqa: D102
         n = observation["t"].shape[0]
-        return np.full((n, 1), self.eta, dtype=np.float32), None
+        return np.full((n, 1), self.a, dtype=np.float32), None
 
 
-class RandomEta(SigmaPolicy):
-    """eta ~ U(0, 1) independently per sample and step, from its own seeded generator."""
+class RandomAction(SigmaPolicy):
+    """a ~ U(0, 1) independently per sample and step, from its own seeded generator."""
 
     def __init__(self, seed: int = 0) -> None:
         self.rng = np.random.default_rng(seed)

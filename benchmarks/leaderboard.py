@@ -310,20 +310,29 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     return record
 
 
-def _run_entry_ray(spec: EntrySpec) -> dict[str, Any]:
-    return run_entry(spec)
+def _run_spec(spec: Any) -> Any:
+    """Run one entry: a leaderboard :class:`EntrySpec`, or any spec with ``name``, ``is_done()`` and ``run()``
+    (e.g. :class:`benchmarks.sigma_benchmark.SigmaEntry`): the runner's guarantees hold for both."""
+    return spec.run() if hasattr(spec, "run") else run_entry(spec)
+
+
+def _run_entry_ray(spec: Any) -> Any:
+    return _run_spec(spec)
 
 
 def run_leaderboard(
-    specs: Sequence[EntrySpec], engine: str = "local", workers: int = 1, ray_address: str | None = None
+    specs: Sequence[Any], engine: str = "local", workers: int = 1, ray_address: str | None = None,
+    desc: str = "leaderboard",
 ) -> list[str]:
     """Run every entry not yet done; return the names of the entries run now.
 
     Args:
-        specs: entries to produce.
+        specs: entries to produce: :class:`EntrySpec` or any picklable object with ``name``, ``is_done()``
+            and ``run()`` (which must write its result atomically).
         engine: ``"local"`` (this process, or ``workers`` local processes) or ``"ray"``.
         workers: local processes (``engine="local"``), >= 1.
         ray_address: Ray cluster address (None: start or join a local instance).
+        desc: the progress bar's label.
 
     Raises:
         ValueError: on an unknown engine or ``workers < 1``.
@@ -336,7 +345,7 @@ def run_leaderboard(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     todo = [s for s in specs if not s.is_done()]
-    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="leaderboard", unit="entry", file=sys.stderr)
+    bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, unit="entry", file=sys.stderr)
     done: list[str] = []
     try:
         if engine == "ray":
@@ -361,12 +370,12 @@ def run_leaderboard(
         elif workers == 1:
             for spec in todo:
                 bar.set_postfix_str(spec.name)
-                run_entry(spec)
+                _run_spec(spec)
                 done.append(spec.name)
                 bar.update(1)
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = {pool.submit(run_entry, s): s for s in todo}
+                futures = {pool.submit(_run_spec, s): s for s in todo}
                 for fut in as_completed(futures):
                     fut.result()
                     done.append(futures[fut].name)

@@ -1,0 +1,88 @@
+"""The DDIMSigma-v0 benchmark runner: entries, resume after a kill, the report, the agents on the env."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import sigma_benchmark as sb
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _args(tiny_unet_dir: Path, tmp_path: Path) -> list[str]:
+    return ["--model", str(tiny_unet_dir), "--evaluator", "piqe", "--stride", "400", "--n-eval", "4",
+            "--timesteps", "16", "--results-dir", str(tmp_path / "results"),
+            "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_agents_and_references_run_resume_and_report(tiny_unet_dir: Path, tmp_path: Path) -> None:
+    args = ["run", "--agents", "ppo", "sac", "--t-c", "2", "--threats", "seed", "--seeds", "0",
+            *_args(tiny_unet_dir, tmp_path)]  # fmt: skip
+    sb.main(args)
+    out = tmp_path / "results" / "seed" / "tc2"
+    ref = json.loads((out / "reference.json").read_text())
+    names = [r["schedule"] for r in ref["rows"]]
+    assert names == ["a=0.25", "a=0.5", "a=0.75", "a=1", "random", "defence=round", "defence=share"]
+    assert all(np.isfinite(r["mean_r1"]) for r in ref["rows"]) and all(r["n"] == 4 for r in ref["rows"])
+    ppo = json.loads((out / "ppo_seed0.json").read_text())
+    assert ppo["row"]["n"] == 4 and len(ppo["r1"]) == 4 and ppo["train_args"]["algo"] == "ppo"
+    assert ppo["hardware"]["device"] == "cpu" and ppo["fingerprint"]
+    assert (tmp_path / "ckpt" / "seed" / "tc2" / "ppo_seed0" / "policy.zip").is_file()
+    before = {p: p.read_bytes() for p in out.glob("*.json")}
+    sb.main(args)  # everything done: nothing rerun
+    assert {p: p.read_bytes() for p in out.glob("*.json")} == before
+    (out / "sac_seed0.json").write_text('{"truncated": ')  # a corrupt entry is named and redone
+    sb.main(args)
+    assert json.loads((out / "sac_seed0.json").read_text())["agent"] == "sac"
+    docs = tmp_path / "docs"
+    page = sb.build_report(tmp_path / "results", docs)
+    text = page.read_text()
+    assert "| 2 | ppo | 1 |" in text and "claim 1" in text and (docs / "figures" / "sigma_fig7.png").is_file()
+
+
+@pytest.mark.slow
+def test_resume_after_kill_loses_no_finished_entry(tiny_unet_dir: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "benchmarks.sigma_benchmark", "run", "--agents", "ppo", "--t-c", "2",
+           "--threats", "seed", "--seeds", "0", "1", "2", *_args(tiny_unet_dir, tmp_path), "--no-references"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log = tmp_path / "run.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    out = tmp_path / "results" / "seed" / "tc2"
+    deadline = time.monotonic() + 600
+    while not list(out.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    exited = proc.poll()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert exited is None, f"the run ended before it could be killed (rc {exited}): {log.read_text()[-2000:]}"
+    finished = {f.name: f.read_bytes() for f in out.glob("*.json")}
+    assert 1 <= len(finished) < 3, f"kill should land mid-run, found {sorted(finished)}"
+    for blob in finished.values():
+        json.loads(blob)
+    sb.main(cmd[cmd.index("run"):])
+    assert sorted(f.name for f in out.glob("*.json")) == [f"ppo_seed{s}.json" for s in range(3)]
+    for name, blob in finished.items():
+        assert (out / name).read_bytes() == blob
+
+
+def test_entry_validation_and_fingerprints(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="threat must be one of"):
+        sb.SigmaEntry("ppo", 20, "loud")
+    with pytest.raises(ValueError, match="agent must be 'reference' or one of"):
+        sb.SigmaEntry("dqn", 20, "seed")
+    a = sb.SigmaEntry("ppo", 20, "seed", seed=0)
+    assert a.fingerprint() == sb.SigmaEntry("ppo", 20, "seed", seed=0, device="cuda").fingerprint()
+    assert a.fingerprint() != sb.SigmaEntry("ppo", 20, "seed", seed=1).fingerprint()
+    assert a.fingerprint() != sb.SigmaEntry("ppo", 20, "shift", seed=0).fingerprint()
+    assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
