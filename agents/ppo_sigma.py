@@ -95,8 +95,8 @@ class Args:
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True
     """VecNormalize the rewards (scaled by the running std of the discounted return)"""
-    prefix_pool: int = 4096
-    """x_{t_c} pool size for training resets (0: run the prefix every reset)"""
+    prefix_pool: int = 256
+    """x_{t_c} pool size for training resets (0: run the prefix every reset); evaluation always uses fresh x_T"""
     seed: int = 0
     """seed of the env and of the learner"""
     out_dir: str = "runs/ppo_sigma"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agents.evaluate_sigma import evaluate_policy, markdown_table, save_figure, summarize, write_report
-from agents.reference import ConstantEta, RandomEta
+from agents.reference import ConstantAction, RandomAction
 
 
 @pytest.fixture()
@@ -16,11 +16,11 @@ def env_kwargs(tiny_unet_dir, contrast_evaluator) -> dict:
 
 def test_eta_zero_policy_scores_exactly_zero_and_schedules_share_draws(env_kwargs, tmp_path) -> None:
     zero = evaluate_policy(
-        "eta=0", ConstantEta(0.0), env_kwargs, n_samples=5, batch_size=2, seed=3, keep=3, progress=False
+        "eta=0", ConstantAction(0.0), env_kwargs, n_samples=5, batch_size=2, seed=3, keep=3, progress=False
     )
     assert zero.r1.shape == (5,) and (zero.r1 == 0).all() and (zero.q0_agent == zero.q0_baseline).all()
     assert zero.x0_agent.shape == (3, 1, 8, 8) and 0 <= zero.x0_agent.min() and zero.x0_agent.max() <= 1
-    one = evaluate_policy("eta=1", ConstantEta(1.0), env_kwargs, n_samples=5, batch_size=5, seed=3, progress=False)
+    one = evaluate_policy("eta=1", ConstantAction(1.0), env_kwargs, n_samples=5, batch_size=5, seed=3, progress=False)
     np.testing.assert_allclose(one.q0_baseline, zero.q0_baseline, atol=1e-5)  # same x_T, same draws
     assert (one.r1 != 0).any() and np.allclose(one.mean_eta, 1.0)
     rows = summarize([zero, one])
@@ -36,14 +36,14 @@ def test_eta_zero_policy_scores_exactly_zero_and_schedules_share_draws(env_kwarg
 
 def test_reference_policies() -> None:
     obs = {"x_t": np.zeros((4, 1, 8, 8), np.float32), "t": np.ones((4, 1), np.float32)}
-    action, _ = ConstantEta(0.5).predict(obs)
+    action, _ = ConstantAction(0.5).predict(obs)
     assert action.shape == (4, 1) and (action == 0.5).all()
-    a1, _ = RandomEta(0).predict(obs)
-    a2, _ = RandomEta(0).predict(obs)
+    a1, _ = RandomAction(0).predict(obs)
+    a2, _ = RandomAction(0).predict(obs)
     np.testing.assert_array_equal(a1, a2)
     assert ((a1 >= 0) & (a1 <= 1)).all()
-    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\], got 1.5"):
-        ConstantEta(1.5)
+    with pytest.raises(ValueError, match=r"a must be in \[0, 1\], got 1.5"):
+        ConstantAction(1.5)
 
 
 def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
@@ -55,6 +55,44 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
                "--num-envs", "2", "--total-timesteps", "16", "--n-steps", "8", "--batch-size", "8",
                "--no-progress-bar", "--n-samples", "3", "--out-dir", "out", "--docs", "docs"])  # fmt: skip
     rows = json.loads((tmp_path / "out" / "eval.json").read_text())["rows"]
-    assert [r["schedule"] for r in rows] == ["PPO", "eta=0.5", "eta=1.0", "random eta"]
-    assert (tmp_path / "out" / "ppo_sigma.zip").is_file() and (tmp_path / "out" / "x0_agent_vs_baseline.png").is_file()
+    assert [r["schedule"] for r in rows] == ["PPO", "a=0.25", "a=0.5", "a=0.75", "a=1", "random"]
+    assert (tmp_path / "out" / "policy.zip").is_file() and (tmp_path / "out" / "x0_agent_vs_baseline.png").is_file()
+    assert len(rows[0]["action_by_t"]) == 2
     assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
+
+
+@pytest.mark.parametrize("algo", ["ppo", "sac", "tqc", "recurrent_ppo"])
+def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, algo) -> None:
+    """The agent-agnostic check: each learner on the same env, through the same policy wrapper."""
+    from agents.ppo_sigma import Args, SB3SigmaPolicy, train
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    args = Args(algo=algo, **kw, evaluator="piqe", num_envs=2, total_timesteps=24, n_steps=6, batch_size=6,
+                prefix_pool=4, progress_bar=False, tensorboard=False, out_dir=str(tmp_path / algo))  # fmt: skip
+    policy = train(args)
+    loaded = SB3SigmaPolicy.load(tmp_path / algo)
+    obs = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.full((3, 1), 3.0, np.float32)}
+    a1, _ = policy.predict(obs, episode_start=np.ones(3, bool))
+    a2, _ = loaded.predict(obs, episode_start=np.ones(3, bool))
+    assert a1.shape == (3, 1) and ((a1 >= 0) & (a1 <= 1)).all()
+    np.testing.assert_allclose(a1, a2, atol=1e-6)
+    res = evaluate_policy(algo, loaded, env_kwargs, n_samples=3, batch_size=3, seed=0, progress=False)
+    assert res.r1.shape == (3,) and res.action_by_t.shape == (3,)
+
+
+def test_sb3_policy_undoes_the_training_transforms() -> None:
+    """The wrapper applies VecNormalize's frozen statistics and maps [-1, 1] back to [0, 1]."""
+    from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+    from agents.ppo_sigma import SB3SigmaPolicy
+
+    class Echo:
+        def predict(self, obs, state=None, episode_start=None, deterministic=True):
+            return obs["t"].copy(), state
+
+    rms = {"x_t": RunningMeanStd(shape=(1, 8, 8)), "t": RunningMeanStd(shape=(1,))}
+    rms["t"].mean, rms["t"].var = np.array([2.0]), np.array([4.0])
+    policy = SB3SigmaPolicy(Echo(), rms)
+    obs = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.array([[0.0], [2.0], [6.0]], np.float32)}
+    action, _ = policy.predict(obs)
+    np.testing.assert_allclose(action[:, 0], [0.0, 0.5, 1.0], atol=1e-4)  # (t - 2) / 2 = -1, 0, 2 -> clipped
