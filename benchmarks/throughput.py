@@ -5,11 +5,15 @@ reset runs the strided DDIM steps above t_c). The *floor* is what the env cannot
 network forward on 2N samples and one evaluator call on 2N images; its rate ignores resets. Ratios are
 from one run on one machine (shared machines are noisy: compare columns, not runs).
 
+A second table measures whole episodes at ``--pool-num-envs`` N for each ``--pool-t-c``: the batched env as is,
+the batched env with ``prefix_pool=N`` (filled by a warm-up reset, so the strided prefix above t_c is skipped),
+and the episode floor (the prefix's forwards on N samples, then t_c forwards and scorer calls on 2N).
+
 Results go to ``benchmarks/results/throughput.json`` and ``docs/throughput.md`` (generated).
 
 Usage::
 
-    python -m benchmarks.throughput --num-envs 1 8 64 --t-c 10 --episodes 2
+    python -m benchmarks.throughput --num-envs 1 8 64 --t-c 10 --episodes 2 --pool-t-c 10 60 --pool-num-envs 64
 """
 
 from __future__ import annotations
@@ -62,6 +66,35 @@ def floor_steps_per_second(kwargs: dict[str, Any], n: int, repeats: int = 5) -> 
     return n * repeats / (time.perf_counter() - start)
 
 
+def episodes_per_second(venv: gym.vector.VectorEnv, episodes: int, t_c: int, seed: int) -> float:
+    """Whole episodes (all sub-envs) per second, resets included."""
+    return steps_per_second(venv, episodes, t_c, seed) / t_c
+
+
+def episode_floor(kwargs: dict[str, Any], n: int, repeats: int = 2) -> dict[str, float]:
+    """Seconds per episode of N samples that no env can avoid: the prefix (K forwards on N) and t_c forwards and
+    scorer calls on 2N; returned with the two parts.
+    """
+    device = _resolve_device(kwargs.get("device"))
+    model = _get_model(kwargs.get("model", "embedded"), device)
+    evaluator = _get_evaluator(kwargs.get("evaluator", "levels"), device)
+    t_c = kwargs["t_c"]
+    k = len(model.schedule.timesteps(t_c, kwargs["stride"])) - t_c
+    x1 = torch.randn(n, *model.sample_shape, device=device)
+    x2 = torch.randn(2 * n, *model.sample_shape, device=device)
+    t1, t2 = torch.full((n,), 500.0, device=device), torch.full((2 * n,), 5.0, device=device)
+    model(x1, t1)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(x1, t1)
+    per_prefix_forward = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for _ in range(repeats):
+        evaluator(((model(x2, t2) + 1) / 2).clamp(0, 1))
+    per_step = (time.perf_counter() - start) / repeats
+    return {"prefix_s": k * per_prefix_forward, "steps_s": t_c * per_step, "episode_s": k * per_prefix_forward + t_c * per_step}
+
+
 def render(data: dict[str, Any]) -> str:
     """Markdown report generated from the JSON."""
     m = data["meta"]
@@ -83,6 +116,23 @@ def render(data: dict[str, Any]) -> str:
     lines += ["", "The batched env stays below the floor because each reset runs the strided DDIM steps above t_c "
               "(one forward on N samples per step) and each step adds the DDIM updates, the random draws "
               "(one per sub-env generator) and the numpy conversion at the API boundary."]  # fmt: skip
+    if data.get("pool_rows"):
+        lines += ["", "## Per episode: the prefix above t_c, and the prefix pool", "",
+                  "Episodes per second (each of N samples); floor = the prefix's forwards on N plus t_c forwards and "
+                  "scorer calls on 2N; `prefix_pool=N` skips the prefix once the pool is filled (a warm-up reset "
+                  "fills it). One run per row: compare within a row.", "",
+                  "| t_c | num_envs | batched (episodes/s) | batched + prefix_pool (episodes/s) | pool speed-up | "
+                  "episode floor (episodes/s) | prefix share of the floor | batched / floor | pooled / floor without prefix |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in data["pool_rows"]:
+            f = r["floor"]
+            lines.append(f"| {r['t_c']} | {r['num_envs']} | {r['batched']:.3f} | {r['pooled']:.3f} | "
+                         f"{r['pooled'] / r['batched']:.2f}x | {1 / f['episode_s']:.3f} | {f['prefix_s'] / f['episode_s']:.2f} | "
+                         f"{r['batched'] * f['episode_s']:.2f} | {r['pooled'] * f['steps_s']:.2f} |")  # fmt: skip
+        lines += ["", "The pool trades x_T diversity for speed: P pool entries give P distinct x_{t_c} per configuration "
+                  "(the steps from t_c down keep their own random draws). The learners train with P = 256; every "
+                  "evaluation uses fresh x_T (the exact prefix cache)."]  # fmt: skip
+    lines += ["", "GPU table: pending (no GPU has run this benchmark yet)."]
     return "\n".join(lines) + "\n"
 
 
@@ -96,10 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--evaluator", default="levels")
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--pool-t-c", type=int, nargs="*", default=[10, 60])
+    parser.add_argument("--pool-num-envs", type=int, default=64)
+    parser.add_argument("--skip-sync", action="store_true", help="only the per-episode (prefix pool) table")
     ns = parser.parse_args(argv)
     kwargs = {"t_c": ns.t_c, "stride": ns.stride, "evaluator": ns.evaluator, "model": ns.model, "device": ns.device}
     rows = []
-    for n in ns.num_envs:
+    for n in [] if ns.skip_sync else ns.num_envs:
         batched = DDIMSigmaVectorEnv(num_envs=n, **kwargs)
         sync = gym.vector.SyncVectorEnv([lambda: DDIMSigmaEnv(**kwargs) for _ in range(n)])
         steps_per_second(batched, 1, 2, 0)  # warm-up
@@ -107,12 +160,26 @@ def main(argv: list[str] | None = None) -> None:
                "sync": steps_per_second(sync, ns.episodes, ns.t_c, 0), "floor": floor_steps_per_second(kwargs, n)}  # fmt: skip
         rows.append(row)
         print(row, flush=True)
+    pool_rows = []
+    for t_c in ns.pool_t_c:
+        n = ns.pool_num_envs
+        kw = {**kwargs, "t_c": t_c}
+        plain = DDIMSigmaVectorEnv(num_envs=n, **kw)
+        pooled = DDIMSigmaVectorEnv(num_envs=n, prefix_pool=n, **kw)
+        for e in range(8):  # fill the pool: every entry drawn at least once (with high probability)
+            pooled.reset(seed=10_000 + e)
+        row = {"t_c": t_c, "num_envs": n, "batched": episodes_per_second(plain, ns.episodes, t_c, 0),
+               "pooled": episodes_per_second(pooled, ns.episodes, t_c, 0), "floor": episode_floor(kw, n)}  # fmt: skip
+        pool_rows.append(row)
+        print(row, flush=True)
     device = _resolve_device(ns.device)
+    if ns.skip_sync and RESULTS.is_file():
+        rows = json.loads(RESULTS.read_text()).get("rows", [])
     meta = {"argv": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "t_c": ns.t_c,
             "stride": ns.stride, "episodes": ns.episodes, "evaluator": ns.evaluator, "model": ns.model,
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"}  # fmt: skip
-    data = {"meta": meta, "rows": rows}
+    data = {"meta": meta, "rows": rows, "pool_rows": pool_rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2))
     DOC.write_text(render(data))
