@@ -475,6 +475,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--n-eval", type=int, default=500)
     run.add_argument("--timesteps", type=int, default=None, help="override every agent's training budget")
     run.add_argument("--no-references", action="store_true", help="skip the reference entries")
+    run.add_argument("--references-only", action="store_true", help="only the reference entries")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--engine", default="local", choices=["local", "ray"])
@@ -501,8 +502,9 @@ def main(argv: list[str] | None = None) -> None:
         for t_c in ns.t_c:
             if not ns.no_references:
                 specs.append(SigmaEntry("reference", t_c, threat, **common))
-            specs += [SigmaEntry(a, t_c, threat, seed=s, agent_overrides=overrides, **common)
-                      for s in ns.seeds for a in ns.agents]  # fmt: skip
+            if not ns.references_only:
+                specs += [SigmaEntry(a, t_c, threat, seed=s, agent_overrides=overrides, **common)
+                          for s in ns.seeds for a in ns.agents]  # fmt: skip
     done = run_leaderboard(specs, engine=ns.engine, workers=ns.workers, ray_address=ns.ray_address, desc="sigma benchmark")
     print(f"ran {len(done)} entries; {len(specs) - len(done)} were already done")
 
