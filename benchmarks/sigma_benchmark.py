@@ -75,10 +75,6 @@ AGENTS: dict[str, dict[str, Any]] = {
     "recurrent_ppo": {"algo": "recurrent_ppo", "total_timesteps": 8192},
 }
 
-#: Independent quality measures of the references and agents need real test images.
-N_REAL = 1000
-
-
 def _hardware(device: str, threads: int) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -259,17 +255,22 @@ class SigmaEntry:
 def independent_measures(x0: np.ndarray | None) -> dict[str, float] | None:
     """Quality measures of final images ``(n, C, H, W)`` in [0, 1] that do not use the env's scorer.
 
-    KID / FID over the embedded Fashion-MNIST feature classifier against ``N_REAL`` real test images, the
-    classifier's mean confidence and a pyiqa no-reference metric (:mod:`robust_envs.quality.fidelity`).
-    Returns None where that module or its data are unavailable (the report says so).
+    KID / FID over the embedded Fashion-MNIST feature classifier against the 10,000 real test images, the
+    classifier's mean confidence and the offline pyiqa no-reference metric PIQE
+    (:func:`robust_envs.quality.fidelity.independent_quality`). Returns None for images of another shape
+    (the feature classifier is Fashion-MNIST's).
     """
-    if x0 is None or tuple(x0.shape[1:]) != (1, 28, 28):  # the feature classifier is Fashion-MNIST's
+    global _FIDELITY
+    if x0 is None or tuple(x0.shape[1:]) != (1, 28, 28):
         return None
-    try:
-        from robust_envs.quality.fidelity import independent_quality
-    except ImportError:
-        return None
-    return {k: float(v) for k, v in independent_quality(torch.as_tensor(x0), n_real=N_REAL).items()}
+    from robust_envs.quality.fidelity import FeatureFidelity, independent_quality
+
+    if _FIDELITY is None:
+        _FIDELITY = FeatureFidelity(device="cpu")  # keeps the real features cached across calls
+    return {k: float(v) for k, v in independent_quality(torch.as_tensor(x0), fidelity=_FIDELITY).items()}
+
+
+_FIDELITY: Any = None
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -400,9 +401,11 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     lines += ["![Fig. 7](figures/sigma_fig7.png)", "", "## Seed 000's Fig. 7 claims, checked", ""] + verdict_rows
     lines += ["", "## Independent quality measures (reward hacking check)", "",
               "The same final images scored without the env's scorer: KID and FID over the features of the embedded "
-              "Fashion-MNIST classifier against 1,000 real test images (lower is closer to real), the classifier's "
-              "mean confidence, and a pyiqa no-reference metric. A schedule that raises r_1 but moves these the wrong "
-              "way is gaming the scorer.", ""]  # fmt: skip
+              "Fashion-MNIST classifier (`robust_envs/assets/fmnist_features`) against the 10,000 real test images "
+              "(lower is closer to real), the classifier's mean confidence (higher is more recognisable), and pyiqa's "
+              "PIQE (0..100, lower is better; it runs offline, and on Fashion-MNIST it also rewards Gaussian noise, "
+              "see the asset card). A schedule that raises r_1 but moves KID / FID the wrong way is gaming the "
+              "scorer.", ""]  # fmt: skip
     lines += _independent_table(cells)
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
