@@ -399,6 +399,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     fig.savefig(docs_dir / "figures" / "sigma_fig7.png", dpi=120)
     plt.close(fig)
     lines += ["![Fig. 7](figures/sigma_fig7.png)", "", "## Seed 000's Fig. 7 claims, checked", ""] + verdict_rows
+    lines += ["", "## Budgets and progress", ""] + _progress(records)
     lines += ["", "## Independent quality measures (reward hacking check)", "",
               "The same final images scored without the env's scorer: KID and FID over the features of the embedded "
               "Fashion-MNIST classifier (`robust_envs/assets/fmnist_features`) against the 10,000 real test images "
@@ -441,6 +442,41 @@ def _fig7_verdicts(threat: str, cells: dict, stats: Any) -> list[str]:
     else:
         out.append(f"- `{threat}`, claim 3 (trend in t_c): fewer than 3 t_c values so far.")
     return out
+
+
+#: The full grid of issue 11: PPO at every t_c, the other learners at t_c 20 and 60, two threats, 3 seeds.
+FULL_GRID: dict[str, tuple[int, ...]] = {"ppo": (10, 20, 30, 40, 50, 60), "sac": (20, 60), "tqc": (20, 60),
+                                         "recurrent_ppo": (20, 60)}  # fmt: skip
+GRID_THREATS = ("seed", "shift")
+GRID_SEEDS = (0, 1, 2)
+
+
+def _progress(records: list[dict[str, Any]]) -> list[str]:
+    """Which entries of the full grid exist, what they cost, and the commands that finish the rest."""
+    have = {(r["agent"], r["threat"], r["t_c"], r["seed"]) for r in records}
+    lines = ["Training budgets: " + "; ".join(f"{a} {cfg['total_timesteps']:,} env steps" for a, cfg in AGENTS.items())
+             + " (16 envs, `agents.ppo_sigma` defaults otherwise); evaluation: 500 samples per schedule.", "",
+             "| entry | done / grid | mean train s | mean eval s | hardware |", "|---|---|---|---|---|"]  # fmt: skip
+    kinds = [("reference", tuple(sorted({t for v in FULL_GRID.values() for t in v})), (0,))]
+    kinds += [(a, tcs, GRID_SEEDS) for a, tcs in FULL_GRID.items()]
+    missing_cmds = []
+    for agent, tcs, seeds in kinds:
+        grid = [(agent, th, t, s) for th in GRID_THREATS for t in tcs for s in seeds]
+        done = [r for r in records if (r["agent"], r["threat"], r["t_c"], r["seed"]) in set(grid)]
+        train = [r.get("train_time_s") for r in done if r.get("train_time_s") is not None]
+        evals = [r.get("eval_time_s") for r in done if r.get("eval_time_s") is not None]
+        hw = sorted({r["hardware"].get("gpu") or r["hardware"].get("cpu", "?") for r in done})
+        lines.append(f"| {agent} | {len(done)} / {len(grid)} | {np.mean(train):.0f} | {np.mean(evals):.0f} | "
+                     f"{', '.join(hw) or '-'} |" if done else f"| {agent} | 0 / {len(grid)} | - | - | - |")  # fmt: skip
+        if len(done) < len(grid):
+            missing = sorted({t for (_, th, t, s) in grid if (agent, th, t, s) not in have})
+            flag = "--references-only" if agent == "reference" else f"--agents {agent}"
+            missing_cmds.append(f"python -m benchmarks.sigma_benchmark run {flag} --t-c {' '.join(map(str, missing))} "
+                                f"--threats {' '.join(GRID_THREATS)} --seeds {' '.join(map(str, seeds))}")  # fmt: skip
+    if missing_cmds:
+        lines += ["", "The rest of the grid (finished entries are skipped; `--workers 2` on a 2-core CPU):", "", "```bash",
+                  *missing_cmds, "```"]  # fmt: skip
+    return lines
 
 
 def _independent_table(cells: dict) -> list[str]:
