@@ -319,7 +319,7 @@ def plot(data: dict[str, Any], path: Path = FIGURE) -> None:
             tr = np.array([r["trajectory_eps_rel"]["mean"] for r in rows])
             ax.plot(ts, tr, "k--", lw=1, label="along the trajectory\n(x_t and t both move, per step)")
         if key == "x0_rate":
-            for y, name in ((1 / 255, "1/255"), (0.01, "0.01")):
+            for y, name in ((2 / 255, "one grey level (2/255)"), (0.01, "0.01")):
                 ax.axhline(y, color="grey", lw=0.7, ls=":")
                 ax.text(ts[-1], y, f" {name} per unit", va="bottom", ha="right", fontsize=7, color="grey")
         ax.set(xscale="log", yscale="log", xlabel="paper step t (network sees t - 1 + δ)", title=title)
