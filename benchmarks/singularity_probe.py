@@ -494,7 +494,8 @@ def _reading(data: dict[str, Any]) -> list[str]:
                      f"t = 2, {eps[3]:.3g} / {unit[3]:.3g} at t = 3 and {eps[500]:.2g} / {unit[500]:.2g} at t = 500 "
                      f"(ratio of the peak to t = 500: {max(eps.values()) / eps[500]:.0f}x at δ = {small:g}, "
                      f"{max(unit.values()) / unit[500]:.0f}x at δ = 1); S_x0 at t <= 20 spans {x0_low_min:.2g} to "
-                     f"{x0_low_max:.2g}. Read t as the paper step: the network timestep is t - 1.")  # fmt: skip
+                     f"{x0_low_max:.2g}. Read t as the paper step: in network timesteps the peak is at tau = {peak_t - 1} "
+                     f"and S_eps falls to {eps[1]:.3g} at tau = 0 (δ = {small:g}).")  # fmt: skip
     worst_seed = max(by_t[t]["seed_x0_change"]["mean"] for t in low)
     lines.append(f"- **Consequence for seed 000's threat model.** With the seed's draws the mean rms x0 change at t <= 20 "
                  f"is at most {worst_seed:.1e}, {2 / 255 / worst_seed:.0f}x below one grey level (compare "
