@@ -319,9 +319,9 @@ def plot(data: dict[str, Any], path: Path = FIGURE) -> None:
             tr = np.array([r["trajectory_eps_rel"]["mean"] for r in rows])
             ax.plot(ts, tr, "k--", lw=1, label="along the trajectory\n(x_t and t both move, per step)")
         if key == "x0_rate":
-            for y, name in ((2 / 255, "one grey level (2/255)"), (0.01, "0.01")):
+            for y, name, va in ((2 / 255, "one grey level (2/255)", "top"), (0.01, "0.01", "bottom")):
                 ax.axhline(y, color="grey", lw=0.7, ls=":")
-                ax.text(ts[-1], y, f" {name} per unit", va="bottom", ha="right", fontsize=7, color="grey")
+                ax.text(ts[0], y, f" {name} per unit", va=va, ha="left", fontsize=7, color="grey")
         ax.set(xscale="log", yscale="log", xlabel="paper step t (network sees t - 1 + δ)", title=title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -361,6 +361,8 @@ def render(data: dict[str, Any]) -> str:
         "  rms(Δeps) / |δ|`: the eps change is weighted by `sqrt((1-ab_t)/ab_t)`, 0.01 at t = 1.",
         "- `S_x_{t-1}`: the same for x_{t-1} after one deterministic DDIM step (σ = 0) t -> t - 1 with the",
         "  perturbed eps.",
+        "- Near t = T: `tau + 50` leaves the training range (0..999) for t > 950, and the x0 weight",
+        "  `sqrt((1-ab_t)/ab_t)` is about 160 at t = 1000, which is why S_x0 rises there.",
         "",
         "![timestep sensitivity](figures/singularity.png)",
         "",
