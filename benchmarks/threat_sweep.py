@@ -47,19 +47,16 @@ DEFAULT_SWEEP: list[tuple[str, list[float]]] = [
     ("gaussian", [0.01]),  # seed 000's scale (clip 5 x scale)
     ("shift", [1.0, 5.0, 20.0, 50.0, 100.0]),
     ("adaptive", [0.05, 0.4, 1.0, 5.0, 20.0]),
-    ("state", [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255]),
+    ("state", [2 / 255, 8 / 255]),
 ]
-#: (threat, budget, defence) cells measured with a defence on.
+#: (threat, budget, defence) cells measured with a defence on. Cells whose outcome follows by construction are
+#: not run (tests/test_threats.py checks them): ``round`` leaves the clean run, integer shifts and the state
+#: threat unchanged, and removes ``gaussian`` (|delta| <= 0.05) and ``adaptive`` with budget < 0.5 exactly.
 DEFENDED: list[tuple[str, float, str]] = [
-    ("none", 0.0, "round"),
     ("none", 0.0, "share"),
-    ("gaussian", 0.01, "round"),
-    ("adaptive", 0.4, "round"),
-    ("adaptive", 5.0, "round"),
-    ("shift", 5.0, "round"),
-    ("shift", 50.0, "round"),
     ("shift", 50.0, "share"),
-    ("state", 4 / 255, "round"),
+    ("adaptive", 5.0, "round"),
+    ("adaptive", 20.0, "round"),
 ]
 
 
@@ -136,7 +133,10 @@ def render(data: dict[str, Any]) -> str:
         "for the largest change of the x0 prediction (white-box, 3 forwards per call); `state` is a 1-step Linf PGD on "
         "the sample the network sees (budget in model space, data in [-1, 1]; 2/255 = one grey level), 3 forwards and "
         "1 backward per call. Defences: `round` rounds the network's timestep to the integer grid; `share` is "
-        "E-TSDM-style sharing of the condition inside [0, 100) in 5 intervals, applied at inference.",
+        "E-TSDM-style sharing of the condition inside [0, 100) in 5 intervals, applied at inference. Defended cells "
+        "whose outcome follows by construction are not run (each is a test in `tests/test_threats.py`): `round` "
+        "leaves the clean run, integer shifts and the state threat unchanged, and removes seed 000's attack "
+        "(|delta| <= 0.05) and any `adaptive` budget below 0.5 exactly: under `round` seed 000's attack is gone.",
         "",
         "| threat | budget | budget / T | defence | mean Q(x_0) | paired change vs clean | mean abs pixel change | hurts | s per cell |",
         "|---|---|---|---|---|---|---|---|---|",
