@@ -58,11 +58,13 @@ CHECKPOINT_DIR = REPO_ROOT / "benchmarks" / "checkpoints" / "sigma"
 SCHEMA_VERSION = 1
 
 #: Threats of the benchmark (env keyword arguments). ``seed``: seed 000 sec. 5.1.3. ``shift``: the weakest
-#: threat and budget that measurably hurts the embedded model in docs/threats.md (a same-sign shift of the
-#: network's timestep by 50 units, 0.05 T). ``none``: no threat.
+#: threat and budget of docs/threats.md that clearly hurts the embedded model, i.e. lowers mean Q(x_0) by at
+#: least 0.1 level (a tenth of the 1..5 scale; smaller budgets hurt measurably but by less than the gaps
+#: between the constant schedules): a same-sign shift of the network's timestep by 20 units (0.02 T),
+#: -0.126 +- 0.017 at t_c = 20, where adaptive 20 gives -0.092 and state 8/255 -0.031. ``none``: no threat.
 THREATS: dict[str, dict[str, Any]] = {
     "seed": {"attack": "gaussian", "attack_scale": 0.01, "attack_clip": 0.05},
-    "shift": {"attack": "shift", "attack_budget": 50.0},
+    "shift": {"attack": "shift", "attack_budget": 20.0},
     "none": {"attack": "none"},
 }
 
