@@ -145,3 +145,26 @@ def test_sigma_benchmark_independent_measures(held_out: torch.Tensor) -> None:
     assert out is not None and set(out) == KEYS and all(isinstance(v, float) for v in out.values())
     assert independent_measures(np.zeros((4, 3, 32, 32), dtype=np.float32)) is None
     assert independent_measures(None) is None
+
+
+def test_fidelity_card_page_is_generated_from_data() -> None:
+    from scripts.make_fidelity_card import render_page
+
+    def row(name: str, kind: str, kid: float, fid: float, piqe_: float, conf: float, **extra) -> dict:
+        return {"images": name, "kind": kind, "n": 200, "kid_mean": kid, "kid_std": 1.0, "fid": fid,
+                "piqe_mean": piqe_, "classifier_confidence_mean": conf, "levels_q_mean": 4.0, **extra}  # fmt: skip
+
+    meta = {"command": "python -m scripts.make_fidelity_card --n 200", "wall_time_s": 1.0, "hardware": "cpu",
+            "reference": "ref", "held_out": "held", "kid": "k", "sampler": "s", "n": 200, "seed": 0, "boot": 50}  # fmt: skip
+    deltas = {"d_kid": 1.0, "d_kid_boot_std": 2.0, "d_fid": -1.0, "d_fid_boot_std": 0.1}
+    rows = [
+        row("real", "real", 0.0, 4.0, 84.0, 0.88),
+        row("sigma0", "model", 20.0, 40.0, 80.0, 0.8, r1_mean=0.0),
+        row("eta1", "model", 21.0, 39.0, 75.0, 0.79, r1_mean=0.15, r1_sem=0.01, **deltas),
+        row("noise", "degraded", 7.0, 12.0, 67.0, 0.85),
+    ]
+    page = render_page({"meta": meta, "rows": rows})
+    assert "| eta1 | 200 | 21.00 +- 1.00 | 39.00 | 75.0 | 0.790 | 4.000 | +0.150 +- 0.010 |" in page
+    assert "KID: every degraded set scores worse" in page
+    assert "**PIQE disagrees**" in page and "noise" in page
+    assert "KID indistinguishable (difference +1.00 +- 2.00" in page and "FID better (difference -1.00" in page
