@@ -3,21 +3,22 @@
 The env's reward uses the embedded levels scorer (:mod:`robust_envs.quality.levels`); a schedule can learn to
 please that one network. The measures here share nothing with it and run offline:
 
-- **KID** (Binkowski et al., "Demystifying MMD GANs", ICLR 2018, https://arxiv.org/abs/1801.01401, Eq. 4):
+- **KID** (Binkowski et al., "Demystifying MMD GANs", ICLR 2018, https://arxiv.org/abs/1801.01401):
   the unbiased squared MMD with the cubic polynomial kernel ``k(a, b) = (a . b / d + 1) ** 3`` between the
   features of the images and those of the real Fashion-MNIST test images, averaged over random subsets
-  (``torchmetrics.image.KernelInceptionDistance``). Unbiased: its mean does not depend on ``n``; it can be
+  (``torchmetrics.image.kid.KernelInceptionDistance``). Unbiased: its mean does not depend on ``n``; it can be
   slightly negative when the two sets are alike.
 - **FID** (Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
-  Equilibrium", NeurIPS 2017, https://arxiv.org/abs/1706.08500, Eq. 6):
+  Equilibrium", NeurIPS 2017, https://arxiv.org/abs/1706.08500):
   ``||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^(1/2))`` of Gaussians fitted to the two feature sets
-  (``torchmetrics.image.FrechetInceptionDistance``). Biased upward for small ``n`` (Binkowski et al. 2018,
-  sec. 3): compare FIDs only at equal ``n``.
-- **PIQE** (Venkatanath et al., "Blind Image Quality Evaluation Using Perception Based Features", NCC 2015,
-  https://doi.org/10.1109/NCC.2015.7084843), pyiqa's ``piqe``: a hand-crafted no-reference score in
-  [0, 100], lower is better, with no learnt weights. It was designed for natural photographs; on 28 x 28
-  garments on a black background it mostly measures block activity and can rate noise *better* than clean
-  images (see ``docs/fidelity.md``): read it as a second opinion, not as ground truth.
+  (``torchmetrics.image.fid.FrechetInceptionDistance``). Biased upward for small ``n`` (Binkowski et al.
+  2018 discuss it): compare FIDs only at equal ``n``.
+- **PIQE** (Venkatanath et al., "Blind Image Quality Evaluation Using Perception Based Features", National
+  Conference on Communications (NCC) 2015), pyiqa's ``piqe``: a hand-crafted no-reference score in
+  [0, 100], lower is better, with no learnt weights. It was designed for natural photographs; it scores
+  16 x 16 blocks by their local variance and distortion cues, and on 28 x 28 garments on a black background it
+  rates added noise *better* than clean images (see ``docs/fidelity.md``): read it as a second opinion, not
+  as ground truth.
 - **classifier confidence**: the mean largest softmax probability of the feature classifier.
 
 Features: the penultimate layer (84 ReLU units) of a LeNet-5 trained on Fashion-MNIST train, embedded in
@@ -254,7 +255,7 @@ class FeatureFidelity:
         return torch.cat(probs).amax(-1)
 
     def kid(self, images: torch.Tensor) -> KID:
-        """KID (Binkowski et al. 2018, Eq. 4) of ``images`` against the reference; lower is better, 0 = alike.
+        """KID (Binkowski et al. 2018) of ``images`` against the reference; lower is better, 0 = alike.
 
         The subset size is ``min(kid_subset_size, N, M)`` so that a few images (``N >= 2``) still give a value
         (with a larger spread over subsets).
@@ -271,7 +272,7 @@ class FeatureFidelity:
         return KID(float(mean), float(std), subset_size)
 
     def fid(self, images: torch.Tensor) -> float:
-        """FID (Heusel et al. 2017, Eq. 6) of ``images`` against the reference, in squared feature units.
+        """FID (Heusel et al. 2017) of ``images`` against the reference, in squared feature units.
 
         Lower is better; biased upward for small ``N``, so compare values at equal ``N`` only.
 
