@@ -122,8 +122,9 @@ def measure(n: int, seed: int, t_c: int, threads: int, boot: int) -> dict[str, A
 
 def _fmt_row(r: dict[str, Any]) -> str:
     r1 = f"{r['r1_mean']:+.3f}" + (f" +- {r['r1_sem']:.3f}" if "r1_sem" in r else "") if "r1_mean" in r else "-"
-    return (f"| {r['images']} | {r['n']} | {r['kid_mean']:.2f} +- {r['kid_std']:.2f} | {r['fid']:.2f} | "
-            f"{r['piqe_mean']:.1f} | {r['classifier_confidence_mean']:.3f} | {r['levels_q_mean']:.3f} | {r1} |")  # fmt: skip
+    kid = f"{r['kid_mean']:.2f} +- {r['kid_std']:.2f}"
+    conf, q = r["classifier_confidence_mean"], r["levels_q_mean"]
+    return f"| {r['images']} | {r['n']} | {kid} | {r['fid']:.2f} | {r['piqe_mean']:.1f} | {conf:.3f} | {q:.3f} | {r1} |"
 
 
 def _findings(rows: list[dict[str, Any]]) -> list[str]:
@@ -139,14 +140,24 @@ def _findings(rows: list[dict[str, Any]]) -> list[str]:
                    + "; ".join(worse))  # fmt: skip
     better_piqe = [r["images"] for r in same_n if r["kind"] != "real" and r["piqe_mean"] < real["piqe_mean"]]
     if better_piqe:
-        out.append(f"- **PIQE disagrees**: lower (better) than the real images' {real['piqe_mean']:.1f} for "
-                   + "; ".join(better_piqe) + ". PIQE rewards block activity: on 28 x 28 garments on a flat black "
-                   "background the real images' flat blocks count against them and added noise counts for them.")  # fmt: skip
-    conf_better = [r["images"] for r in same_n if r["kind"] != "real"
-                   and r["classifier_confidence_mean"] >= real["classifier_confidence_mean"]]  # fmt: skip
+        out.append(
+            f"- **PIQE disagrees**: lower (better) than the real images' {real['piqe_mean']:.1f} for "
+            + "; ".join(better_piqe)
+            + ". PIQE averages a distortion score over the spatially active 16 x 16 blocks and gives an image with"
+            " none the worst score, 100; a 28 x 28 garment on a flat black background has few active blocks, and"
+            " added noise makes more of them active."
+        )
+    conf_better = [
+        r["images"]
+        for r in same_n
+        if r["kind"] != "real" and r["classifier_confidence_mean"] >= real["classifier_confidence_mean"]
+    ]
     if conf_better:
-        out.append("- Classifier confidence is at least the real images' for: " + "; ".join(conf_better)
-                   + " (confidence is not realism: a classifier can be sure about an unrealistic image).")  # fmt: skip
+        out.append(
+            "- Classifier confidence is at least the real images' for: "
+            + "; ".join(conf_better)
+            + " (confidence is not realism: a classifier can be sure about an unrealistic image)."
+        )
     model = [r for r in same_n if r["kind"] == "model"]
     if model:
         base = model[0]
@@ -157,10 +168,14 @@ def _findings(rows: list[dict[str, Any]]) -> list[str]:
                 word = "indistinguishable" if abs(d) < 2 * sd else ("better" if d < 0 else "worse")
                 verdict.append(f"{label} {word} (difference {d:+.2f} +- {sd:.2f}, paired bootstrap std)")
             verdict.append(f"PIQE {'better' if r['piqe_mean'] < base['piqe_mean'] else 'worse'}")
-            verdict.append("confidence " + ("higher" if r["classifier_confidence_mean"] > base["classifier_confidence_mean"]
-                                            else "lower"))  # fmt: skip
-            out.append(f"- {r['images']} against sigma = 0: r_1 = {r['r1_mean']:+.3f} (levels scorer "
-                       f"{'prefers' if r['r1_mean'] > 0 else 'does not prefer'} it); " + ", ".join(verdict) + ".")  # fmt: skip
+            higher = r["classifier_confidence_mean"] > base["classifier_confidence_mean"]
+            verdict.append(f"confidence {'higher' if higher else 'lower'}")
+            prefers = "prefers" if r["r1_mean"] > 0 else "does not prefer"
+            out.append(
+                f"- {r['images']} against sigma = 0: r_1 = {r['r1_mean']:+.3f} (levels scorer {prefers} it); "
+                + ", ".join(verdict)
+                + "."
+            )
     return out
 
 
@@ -185,7 +200,8 @@ def render_page(data: dict[str, Any]) -> str:
         "  equal n. Both are in squared feature units, not comparable with Inception-based values elsewhere.",
         "- **PIQE** (Venkatanath et al. 2015; pyiqa `piqe`, no learnt weights), 0..100, lower is better.",
         "- **classifier confidence**: mean largest softmax probability of the same LeNet-5.",
-        "- **levels Q**: the embedded levels scorer (1..5, higher better), for reference: r_1 = Q(agent) - Q(sigma = 0).",
+        "- **levels Q**: the embedded levels scorer (1..5, higher better), the env's reward model:",
+        "  r_1 = Q(agent) - Q(sigma = 0).",
         "",
         f"Reference: {meta['reference']}; real rows: {meta['held_out']} (never in the reference). KID: {meta['kid']}.",
         f"Model rows: {meta['sampler']}; {meta['n']} samples, seeds {meta['seed']}..{meta['seed'] + meta['n'] - 1}.",
@@ -200,8 +216,9 @@ def render_page(data: dict[str, Any]) -> str:
         "",
         *_findings(rows),
         "",
-        f"Schedule rows: KID and FID differences against sigma = 0 with a paired bootstrap over the {meta['n']} samples",
-        f"({meta['boot']} resamples); a difference within 2 bootstrap std is called indistinguishable.",
+        "Schedule rows: KID and FID differences against sigma = 0 with a paired bootstrap over the",
+        f"{meta['n']} samples ({meta['boot']} resamples); a difference within 2 bootstrap std is called",
+        "indistinguishable.",
         "",
         "Read KID and FID as the primary independent check of a schedule (they compare with real images), PIQE only",
         "as a second opinion on sharpness, and confidence as a sanity check. The KID std is the spread over subsets",
