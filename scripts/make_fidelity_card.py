@@ -167,14 +167,17 @@ def _findings(rows: list[dict[str, Any]]) -> list[str]:
                 d, sd = r[f"d_{key}"], r[f"d_{key}_boot_std"]
                 word = "indistinguishable" if abs(d) < 2 * sd else ("better" if d < 0 else "worse")
                 verdict.append(f"{label} {word} (difference {d:+.2f} +- {sd:.2f}, paired bootstrap std)")
-            verdict.append(f"PIQE {'better' if r['piqe_mean'] < base['piqe_mean'] else 'worse'}")
-            higher = r["classifier_confidence_mean"] > base["classifier_confidence_mean"]
-            verdict.append(f"confidence {'higher' if higher else 'lower'}")
+            d_piqe = r["piqe_mean"] - base["piqe_mean"]
+            caveat = ", which also favours added noise" if better_piqe and d_piqe < 0 else ""
+            verdict.append(f"PIQE {'better' if d_piqe < 0 else 'worse'} ({d_piqe:+.1f}{caveat})")
+            d_conf = r["classifier_confidence_mean"] - base["classifier_confidence_mean"]
+            verdict.append(f"confidence {'higher' if d_conf > 0 else 'lower'} ({d_conf:+.3f})")
             prefers = "prefers" if r["r1_mean"] > 0 else "does not prefer"
+            share = -r["d_kid"] / (base["kid_mean"] - real["kid_mean"])
             out.append(
                 f"- {r['images']} against sigma = 0: r_1 = {r['r1_mean']:+.3f} (levels scorer {prefers} it); "
                 + ", ".join(verdict)
-                + "."
+                + f". The KID change closes {100 * share:.1f}% of the sigma = 0 samples' KID gap to real images."
             )
     return out
 
@@ -219,6 +222,10 @@ def render_page(data: dict[str, Any]) -> str:
         "Schedule rows: KID and FID differences against sigma = 0 with a paired bootstrap over the",
         f"{meta['n']} samples ({meta['boot']} resamples); a difference within 2 bootstrap std is called",
         "indistinguishable.",
+        "",
+        "Limits: one feature classifier (one training seed) defines KID and FID, so a schedule could in principle",
+        "game it too; the bootstrap covers the choice of samples only. The model rows run without an attack; under",
+        "a threat use `python -m benchmarks.sigma_benchmark`, which reports these measures per cell.",
         "",
         "Read KID and FID as the primary independent check of a schedule (they compare with real images), PIQE only",
         "as a second opinion on sharpness, and confidence as a sanity check. The KID std is the spread over subsets",
