@@ -36,7 +36,7 @@ import functools
 import json
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -223,15 +223,13 @@ class FeatureFidelity:
                 self._kid.update(batch, real=True)
                 self._fid.update(batch, real=True)
 
-    def _update_fake(self, images: torch.Tensor) -> None:
+    def _update_fake(self, images: torch.Tensor, metric: Any) -> None:
+        """Replace ``metric``'s generated-image features by those of ``images`` (reference features kept)."""
         _check_images(images)
-        self._kid.reset()
-        self._fid.reset()
+        metric.reset()
         with torch.no_grad():
             for batch in images.split(self.batch_size):
-                batch = batch.to(self.device, torch.float32).clamp(0.0, 1.0)
-                self._kid.update(batch, real=False)
-                self._fid.update(batch, real=False)
+                metric.update(batch.to(self.device, torch.float32).clamp(0.0, 1.0), real=False)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -263,7 +261,7 @@ class FeatureFidelity:
         Raises:
             ValueError: on images of the wrong type, shape or range, or fewer than 2 images.
         """
-        self._update_fake(images)
+        self._update_fake(images, self._kid)
         subset_size = min(self.kid_subset_size, int(images.shape[0]), self.n_reference)
         self._kid.subset_size = subset_size
         with torch.random.fork_rng(devices=[]):
@@ -279,7 +277,7 @@ class FeatureFidelity:
         Raises:
             ValueError: on images of the wrong type, shape or range, or fewer than 2 images.
         """
-        self._update_fake(images)
+        self._update_fake(images, self._fid)
         return float(self._fid.compute())
 
 
