@@ -285,7 +285,7 @@ def ddim_arch(cfg: Mapping[str, Any], source: str | os.PathLike[str] = "config")
 
 #: improved-diffusion ``script_util.create_model`` and guided-diffusion ``create_model`` channel multipliers.
 _OPENAI_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
-_GUIDED_ONLY = ("num_head_channels", "resblock_updown", "use_new_attention_order", "use_fp16", "channel_mult")
+_GUIDED_ONLY = ("num_head_channels", "resblock_updown", "use_new_attention_order", "use_fp16")
 
 
 @dataclass(frozen=True)
@@ -356,8 +356,8 @@ def openai_arch(flags: Mapping[str, Any], source: str | os.PathLike[str] = "flag
 
     Missing flags take the codebase's ``model_and_diffusion_defaults()``. The codebase is ``flags["codebase"]``
     (``"improved-diffusion"`` / ``"guided-diffusion"``) when given, else guided-diffusion when a guided-only flag
-    (``num_head_channels``, ``resblock_updown``, ``use_new_attention_order``, ``use_fp16``, ``channel_mult``) is
-    present, else improved-diffusion. It matters for the defaults of ``rescale_timesteps`` (improved: True;
+    (``num_head_channels``, ``resblock_updown``, ``use_new_attention_order``, ``use_fp16``) is present, else
+    improved-diffusion. It matters for the defaults of ``rescale_timesteps`` (improved: True;
     guided: False) and ``use_scale_shift_norm`` (both True). ``channel_mult`` (a ``"1,2,2"`` string) is accepted
     for both.
 
