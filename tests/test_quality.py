@@ -60,6 +60,9 @@ def test_missing_or_corrupt_scorer_weights(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="could not load levels scorer weights"):
         LevelsEvaluator(tmp_path)
+    (tmp_path / "config.json").write_text('{"width": 3')
+    with pytest.raises(ValueError, match=r"config\.json: invalid or truncated JSON.*train_levels_scorer\.py"):
+        LevelsEvaluator(tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- Q-Align (no weights)
