@@ -327,7 +327,8 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
 
 def _run_spec(spec: Any) -> Any:
     """Run one entry: a leaderboard :class:`EntrySpec`, or any spec with ``name``, ``is_done()`` and ``run()``
-    (e.g. :class:`benchmarks.sigma_benchmark.SigmaEntry`): the runner's guarantees hold for both."""
+    (e.g. :class:`benchmarks.sigma_benchmark.SigmaEntry`): the runner's guarantees hold for both.
+    """
     return spec.run() if hasattr(spec, "run") else run_entry(spec)
 
 

@@ -184,8 +184,10 @@ SEED000_CELEBA64 = Preset(
     paper="Hong, seed 000, sec. 5.1 and Fig. 7 (left): DDIM on CelebA 64x64",
     model_var="ROBUST_ENVS_CELEBA64_DDIM",
     model_default="~/.cache/robust_envs/ddim_celeba64/ckpt.pth",
-    model_source=("the ermongroup/ddim README links the CelebA 64x64 checkpoint; put its ckpt.pth there with "
-                  "configs/celeba.yml of ermongroup/ddim beside it as config.yml"),  # fmt: skip
+    model_source=(
+        "the ermongroup/ddim README links the CelebA 64x64 checkpoint; put its ckpt.pth there with "
+        "configs/celeba.yml of ermongroup/ddim beside it as config.yml"
+    ),  # fmt: skip
     evaluator="qalign",
     t_c_grid=(10, 20, 30, 40, 50, 60),
     stride=10,
@@ -205,7 +207,8 @@ PRESETS: dict[str, Preset] = {SEED000_CELEBA64.name: SEED000_CELEBA64}
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m robust_envs.presets check [NAME ...] [--json]`` / ``show NAME``; exit 1 if a preset lacks a
-    required piece."""
+    required piece.
+    """
     p = argparse.ArgumentParser(prog="python -m robust_envs.presets", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     chk = sub.add_parser("check", help="list what each preset needs and what this machine lacks")

@@ -324,7 +324,9 @@ class OpenAIUNet(nn.Module):
         chans, ds = [ch], 1
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
-                layers: list[nn.Module] = [_ResBlock(ch, emb, dropout, int(mult * model_channels), use_scale_shift_norm)]
+                layers: list[nn.Module] = [
+                    _ResBlock(ch, emb, dropout, int(mult * model_channels), use_scale_shift_norm)
+                ]
                 ch = int(mult * model_channels)
                 if ds in attention_resolutions:
                     layers.append(_Attention(ch, num_heads, num_head_channels, use_new_attention_order))

@@ -169,7 +169,9 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 def test_truncated_pt_checkpoint_names_the_file(tmp_path) -> None:
     _save_ddim_run(tmp_path, DDIM_CFG)
     _truncate(tmp_path / "ckpt.pth")
-    with pytest.raises(CorruptFileError, match=r"ckpt\.pth.*not a readable torch checkpoint.*download the checkpoint again"):
+    with pytest.raises(
+        CorruptFileError, match=r"ckpt\.pth.*not a readable torch checkpoint.*download the checkpoint again"
+    ):
         load_noise_model(tmp_path / "ckpt.pth")
 
 
@@ -220,7 +222,9 @@ def test_diffusers_folder_faults_name_the_file(tiny_unet_dir, tmp_path) -> None:
     with pytest.raises(CorruptFileError, match="describes a UNet2DConditionModel"):
         load_noise_model(folder)
     cfg.write_text(json.dumps({**json.loads(text), "block_out_channels": [16, 32]}))
-    with pytest.raises(ValueError, match=r"weights diffusion_pytorch_model\.safetensors and .*config\.json do not agree"):
+    with pytest.raises(
+        ValueError, match=r"weights diffusion_pytorch_model\.safetensors and .*config\.json do not agree"
+    ):
         load_noise_model(folder)
     cfg.unlink()
     with pytest.raises(FileNotFoundError, match=r"holds weights .* no config\.json"):
@@ -229,7 +233,9 @@ def test_diffusers_folder_faults_name_the_file(tiny_unet_dir, tmp_path) -> None:
     _truncate(folder / "diffusion_pytorch_model.safetensors")
     with pytest.raises(CorruptFileError, match=r"diffusion_pytorch_model\.safetensors: not a readable safetensors"):
         load_noise_model(folder)
-    (folder / "diffusion_pytorch_model.safetensors").write_bytes((tiny_unet_dir / "diffusion_pytorch_model.safetensors").read_bytes())
+    (folder / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tiny_unet_dir / "diffusion_pytorch_model.safetensors").read_bytes()
+    )
     _truncate(folder / "scheduler_config.json")
     with pytest.raises(CorruptFileError, match=r"scheduler_config\.json"):
         load_noise_model(folder)

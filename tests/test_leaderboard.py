@@ -227,7 +227,9 @@ def test_tables_skip_a_truncated_result_and_name_it(tmp_path: Path, caplog: pyte
     blob = (src / "trades_seed0.json").read_bytes()
     (dst / "trades_seed0.json").write_bytes(blob[: len(blob) // 3])
     caplog.set_level("WARNING", logger="benchmarks.leaderboard")
-    assert leaderboard.main(["tables", "--results-dir", str(tmp_path / "results"), "--docs-dir", str(tmp_path / "d")]) == 0
+    assert (
+        leaderboard.main(["tables", "--results-dir", str(tmp_path / "results"), "--docs-dir", str(tmp_path / "d")]) == 0
+    )
     md = (tmp_path / "d" / "leaderboard.md").read_text()
     assert "| standard |" in md and "| pgd_at |" in md and "| trades |" not in md
     warning = caplog.text
@@ -248,5 +250,7 @@ def test_run_redoes_a_corrupt_result_and_checkpoint(tmp_path: Path, caplog: pyte
     assert leaderboard.main(args) == 0
     assert json.loads(result.read_text())["method"] == "standard"  # redone, complete
     assert torch.load(ckpt, weights_only=False)["state_dict"]  # retrained, complete
-    assert "standard_seed0.json: invalid or truncated JSON" in caplog.text and "this run redoes the entry" in caplog.text
+    assert (
+        "standard_seed0.json: invalid or truncated JSON" in caplog.text and "this run redoes the entry" in caplog.text
+    )
     assert "standard_seed0.pt: not a readable torch checkpoint" in caplog.text and "retraining" in caplog.text

@@ -44,7 +44,9 @@ def test_preset_runs_on_a_checkpoint_in_the_original_format(tmp_path, monkeypatc
     monkeypatch.setenv("ROBUST_ENVS_CELEBA64_DDIM", str(tmp_path / "ckpt.pth"))
     weights = next(r for r in SEED000_CELEBA64.check() if r.kind == "weights" and "DDIM" in r.what)
     assert weights.ok and "config.yml" in weights.detail
-    env = gym.make("DDIMSigma-v0", **SEED000_CELEBA64.env_kwargs(t_c=60, device="cpu", evaluator=contrast_evaluator, stride=500))
+    env = gym.make(
+        "DDIMSigma-v0", **SEED000_CELEBA64.env_kwargs(t_c=60, device="cpu", evaluator=contrast_evaluator, stride=500)
+    )
     obs, _ = env.reset(seed=0)
     assert obs["x_t"].shape == (3, 16, 16) and float(obs["t"][0]) == 60.0
     env.close()

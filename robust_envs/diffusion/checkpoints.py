@@ -114,7 +114,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> Any:
 
 class _NamespaceLoader:
     """A ``yaml.SafeLoader`` that also reads the ``argparse.Namespace`` dumps ermongroup/ddim writes as ``config.yml``
-    (``!!python/object:argparse.Namespace``), as plain mappings; no other Python object is constructed."""
+    (``!!python/object:argparse.Namespace``), as plain mappings; no other Python object is constructed.
+    """
 
     @staticmethod
     def make() -> type:
@@ -146,7 +147,9 @@ def read_ddim_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CorruptFileError(p, f"not a readable YAML file ({err.__class__.__name__}: {err})", hint) from err
     if not isinstance(cfg, dict) or not {"model", "data", "diffusion"} <= set(cfg):
         have = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
-        raise CorruptFileError(p, f"not an ermongroup/ddim config: needs sections model, data, diffusion; has {have}", hint)
+        raise CorruptFileError(
+            p, f"not an ermongroup/ddim config: needs sections model, data, diffusion; has {have}", hint
+        )
     return cfg
 
 
@@ -275,7 +278,9 @@ def ddim_arch(cfg: Mapping[str, Any], source: str | os.PathLike[str] = "config")
     elif kind == "const":
         schedule = NoiseSchedule.from_betas(torch.full((T,), end, dtype=torch.float64))
     else:
-        raise CorruptFileError(source, f"beta_schedule {kind!r} is not supported; valid: 'linear', 'quad', 'const'", hint)
+        raise CorruptFileError(
+            source, f"beta_schedule {kind!r} is not supported; valid: 'linear', 'quad', 'const'", hint
+        )
     if arch["out_ch"] != arch["in_channels"]:
         raise CorruptFileError(
             source, f"model.out_ch={arch['out_ch']} != in_channels={arch['in_channels']}: not an eps model", hint
@@ -284,7 +289,13 @@ def ddim_arch(cfg: Mapping[str, Any], source: str | os.PathLike[str] = "config")
 
 
 #: improved-diffusion ``script_util.create_model`` and guided-diffusion ``create_model`` channel multipliers.
-_OPENAI_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4), 32: (1, 2, 2, 2)}
+_OPENAI_CHANNEL_MULT = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+    32: (1, 2, 2, 2),
+}
 _GUIDED_ONLY = ("num_head_channels", "resblock_updown", "use_new_attention_order", "use_fp16")
 
 
@@ -489,7 +500,9 @@ def _ddim_attn(m: _Mapper, s: str, d: str) -> None:
         m.copy(f"{s}.{a}", f"{d}.{b}", reshape_linear=True)
 
 
-def convert_ddim_state_dict(sd: Mapping[str, torch.Tensor], arch: DDIMArch) -> tuple[dict[str, torch.Tensor], list[str]]:
+def convert_ddim_state_dict(
+    sd: Mapping[str, torch.Tensor], arch: DDIMArch
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an ermongroup/ddim ``Model`` state dict to ``UNet2DModel(**arch.unet_config())``'s.
 
     Returns:
@@ -682,7 +695,9 @@ def detect_format(sd_or_obj: Any) -> CheckpointFormat | None:
     obj = sd_or_obj[0] if isinstance(sd_or_obj, (list, tuple)) and sd_or_obj else sd_or_obj
     if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
         obj = obj.get("state_dict") or obj.get("model") or {}
-    keys = {k[len("module.") :] if k.startswith("module.") else k for k in (obj.keys() if isinstance(obj, Mapping) else [])}
+    keys = {
+        k[len("module.") :] if k.startswith("module.") else k for k in (obj.keys() if isinstance(obj, Mapping) else [])
+    }
     if "temb.dense.0.weight" in keys and "conv_in.weight" in keys:
         return "ddim"
     if "input_blocks.0.0.weight" in keys and "time_embed.0.weight" in keys:

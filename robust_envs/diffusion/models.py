@@ -180,7 +180,9 @@ def _load_diffusers_folder(path: Path) -> nn.Module:
         raise CorruptFileError(cfg_file, f"expected a JSON object, got {type(cfg).__name__}", hint)
     cls = cfg.get("_class_name")
     if cls not in (None, "UNet2DModel"):
-        raise CorruptFileError(cfg_file, f"describes a {cls}, not a UNet2DModel", "point model= at a UNet2DModel folder")
+        raise CorruptFileError(
+            cfg_file, f"describes a {cls}, not a UNet2DModel", "point model= at a UNet2DModel folder"
+        )
     weights_file = next((folder / n for n in _WEIGHT_NAMES if (folder / n).is_file()), None)
     if weights_file is None:
         raise FileNotFoundError(f"{folder} has {cfg_file.name} but no weights ({' or '.join(_WEIGHT_NAMES)})")

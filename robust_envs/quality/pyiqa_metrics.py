@@ -11,7 +11,14 @@ import torch.nn.functional as F
 
 from robust_envs.quality.base import SCORE_RANGE, QualityEvaluator
 
-__all__ = ["QALIGN_IMAGE_SIZE", "QALIGN_REPO", "PyIQAEvaluator", "QAlignEvaluator", "pyiqa_nr_metrics", "qalign_preprocess"]
+__all__ = [
+    "QALIGN_IMAGE_SIZE",
+    "QALIGN_REPO",
+    "PyIQAEvaluator",
+    "QAlignEvaluator",
+    "pyiqa_nr_metrics",
+    "qalign_preprocess",
+]
 
 
 def pyiqa_nr_metrics() -> list[str]:
