@@ -161,10 +161,10 @@ class Preset:
         else:
             reqs.append(Requirement("memory", f"{self.min_gpu_gib:.0f} GiB free GPU memory", False, "no GPU to check"))
         if self.data_var:
-            root = os.environ.get(self.data_var)
+            root = os.environ.get(self.data_var) or ""
             ok = bool(root) and Path(root).is_dir()
-            reqs.append(Requirement("data", self.data_note, ok, root if ok else f"set {self.data_var} to the folder",
-                                    required=False))  # fmt: skip
+            detail = root if ok else f"set {self.data_var} to the folder"
+            reqs.append(Requirement("data", self.data_note, ok, detail, required=False))
         return reqs
 
     def missing(self) -> list[Requirement]:

@@ -257,7 +257,7 @@ def ddim_arch(cfg: Mapping[str, Any], source: str | os.PathLike[str] = "config")
         T = int(_get(cfg, "diffusion", "num_diffusion_timesteps"))
         kind = str(_get(cfg, "diffusion", "beta_schedule"))
         start, end = float(_get(cfg, "diffusion", "beta_start")), float(_get(cfg, "diffusion", "beta_end"))
-        arch = {
+        arch: dict[str, Any] = {
             "ch": int(_get(cfg, "model", "ch")),
             "out_ch": int(_get(cfg, "model", "out_ch")),
             "ch_mult": tuple(int(m) for m in _get(cfg, "model", "ch_mult")),
@@ -381,12 +381,14 @@ def openai_arch(flags: Mapping[str, Any], source: str | os.PathLike[str] = "flag
                                              "improved-diffusion"))  # fmt: skip
     if codebase not in ("improved-diffusion", "guided-diffusion"):
         raise CorruptFileError(source, f"codebase {codebase!r}; valid: 'improved-diffusion', 'guided-diffusion'", hint)
-    f = {"image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
-         "num_head_channels": -1, "attention_resolutions": "16,8", "channel_mult": "", "dropout": 0.0,
-         "learn_sigma": False, "class_cond": False, "use_scale_shift_norm": True, "resblock_updown": False,
-         "use_new_attention_order": False, "diffusion_steps": 1000, "noise_schedule": "linear",
-         "predict_xstart": False, "rescale_timesteps": codebase == "improved-diffusion", "in_channels": 3,
-         "conv_resample": True}  # fmt: skip
+    f: dict[str, Any] = {
+        "image_size": 64, "num_channels": 128, "num_res_blocks": 2, "num_heads": 4, "num_heads_upsample": -1,
+        "num_head_channels": -1, "attention_resolutions": "16,8", "channel_mult": "", "dropout": 0.0,
+        "learn_sigma": False, "class_cond": False, "use_scale_shift_norm": True, "resblock_updown": False,
+        "use_new_attention_order": False, "diffusion_steps": 1000, "noise_schedule": "linear",
+        "predict_xstart": False, "rescale_timesteps": codebase == "improved-diffusion", "in_channels": 3,
+        "conv_resample": True,
+    }  # fmt: skip
     f.update(flags)
     if f["class_cond"]:
         raise CorruptFileError(source, "class_cond=True: class-conditional models need class labels the env does not "
@@ -736,7 +738,7 @@ def _build_unet(
     if extra:
         raise ValueError(f"{ckpt} holds tensors the config {cfg_path} does not describe (first: {extra[:5]}); "
                          "is it the matching config?")  # fmt: skip
-    unet = UNet2DModel(**config)
+    unet: Any = UNet2DModel(**config)
     try:
         unet.load_state_dict(sd, strict=True)
     except RuntimeError as err:
@@ -766,7 +768,8 @@ def _patch_openai(unet: nn.Module, arch: OpenAIArch) -> list[str]:
                      f"num_heads_upsample={arch.num_heads_upsample})")  # fmt: skip
     T = arch.schedule.num_train_timesteps
     if arch.rescale_timesteps and T != 1000:
-        unet.time_proj.scale = 1000.0 / T
+        time_proj: Any = unet.time_proj
+        time_proj.scale = 1000.0 / T
         notes.append(f"rescale_timesteps: the network sees t * 1000 / {T} (time_proj.scale)")
     return notes
 
