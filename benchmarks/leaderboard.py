@@ -51,6 +51,7 @@ __all__ = [
     "build_tables",
     "load_results",
     "main",
+    "read_json_or_warn",
     "redo_command",
     "run_entry",
     "run_leaderboard",
@@ -415,18 +416,24 @@ def redo_command(path: Path) -> str:
             "options, e.g. --n-eval) or delete it")  # fmt: skip
 
 
+def read_json_or_warn(path: Path, hint: str) -> Any:
+    """The parsed JSON at ``path``, or None with a warning naming the file, what is wrong and ``hint`` (what happens
+    or what to do) when it is truncated or not JSON. For readers that can skip or redo the entry it holds.
+    """
+    try:
+        return read_json(path, hint=hint)
+    except CorruptFileError as err:
+        logger.warning("skipping %s", err)
+        return None
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
     """All result records under ``results_dir`` (``<dataset>/<method>_seed<k>.json``), sorted by name.
 
     A file that is not valid JSON (truncated, half-copied) is skipped with a warning that names it and the command
     that redoes it; the other entries are still returned.
     """
-    records = []
-    for p in sorted(Path(results_dir).glob("*/*.json")):
-        try:
-            records.append(read_json(p, hint=redo_command(p)))
-        except CorruptFileError as err:
-            logger.warning("skipping %s", err)
+    records = [read_json_or_warn(p, redo_command(p)) for p in sorted(Path(results_dir).glob("*/*.json"))]
     # other studies keep their own JSONs under results/ (policy_loss/, ...): only leaderboard entries count
     return [r for r in records if isinstance(r, dict) and {"method", "dataset", "seed", "robust_acc"} <= set(r)]
 

@@ -254,3 +254,23 @@ def test_run_redoes_a_corrupt_result_and_checkpoint(tmp_path: Path, caplog: pyte
         "standard_seed0.json: invalid or truncated JSON" in caplog.text and "this run redoes the entry" in caplog.text
     )
     assert "standard_seed0.pt: not a readable torch checkpoint" in caplog.text and "retraining" in caplog.text
+
+
+def test_other_result_readers_skip_a_truncated_json(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from benchmarks import policy_loss_study, report_dverge_mngac
+
+    src = REPO / "benchmarks" / "results"
+    (tmp_path / "fashion_mnist").mkdir()
+    (tmp_path / "policy_loss").mkdir()
+    good = sorted((src / "policy_loss").glob("*.json"))[0]
+    (tmp_path / "policy_loss" / good.name).write_bytes(good.read_bytes())
+    (tmp_path / "policy_loss" / "broken.json").write_text('{"method": "ce", "se')
+    (tmp_path / "fashion_mnist" / "dverge_seed0.json").write_bytes(
+        (src / "fashion_mnist" / "dverge_seed0.json").read_bytes()
+    )
+    (tmp_path / "fashion_mnist" / "dverge_seed1.json").write_text("")
+    caplog.set_level("WARNING", logger="benchmarks.leaderboard")
+    assert len(policy_loss_study.load_results(tmp_path / "policy_loss")) == 1
+    assert [r["seed"] for r in report_dverge_mngac.load(tmp_path, "fashion_mnist")["dverge"]] == [0]
+    assert "broken.json: invalid or truncated JSON" in caplog.text and "policy_loss_study" in caplog.text
+    assert "dverge_seed1.json: empty file" in caplog.text and "--methods dverge" in caplog.text
