@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
             "hardware": f"{platform.machine()}, {ns.device}, torch {torch.__version__}"}  # fmt: skip
     data: dict[str, Any] = {"meta": meta, "by_t_c": [], "sweep": []}
     if RESULTS.is_file() and not ns.fresh:
-        old = json.loads(RESULTS.read_text())
+        from benchmarks.leaderboard import read_json_or_warn
+
+        old = read_json_or_warn(RESULTS, "its rows are run again") or {"meta": {}}
         if {k: old["meta"].get(k) for k in ("n", "stride", "model", "evaluator", "seed")} == {
             k: meta[k] for k in ("n", "stride", "model", "evaluator", "seed")
         }:

@@ -42,6 +42,7 @@ from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
 from benchmarks.trainers import TRAINERS, get_trainer
 from robust_envs.attacks import radii_for
 from robust_envs.data import load_dataset
+from robust_envs.fileio import CorruptFileError, read_json, read_torch
 
 __all__ = [
     "EntrySpec",
@@ -50,6 +51,8 @@ __all__ = [
     "build_tables",
     "load_results",
     "main",
+    "read_json_or_warn",
+    "redo_command",
     "run_entry",
     "run_leaderboard",
 ]
@@ -163,9 +166,11 @@ class EntrySpec:
         if not path.is_file():
             return False
         try:
-            return json.loads(path.read_text()).get("fingerprint") == self.fingerprint()
-        except (OSError, json.JSONDecodeError):
+            record = read_json(path, hint="this run redoes the entry")
+        except (OSError, CorruptFileError) as err:
+            logger.warning("%s", err)
             return False
+        return isinstance(record, dict) and record.get("fingerprint") == self.fingerprint()
 
 
 def _git_commit() -> dict[str, Any]:
@@ -227,13 +232,24 @@ def _train_or_load(spec: EntrySpec, device: torch.device) -> _Trained:
     train = load_dataset(spec.dataset, "train")
     ckpt = spec.checkpoint_path()
     if ckpt.is_file():
-        blob = torch.load(ckpt, map_location=device, weights_only=False)
-        if blob.get("train_fingerprint") == spec.train_fingerprint():
+        try:
+            blob = read_torch(ckpt, hint="retraining this entry", map_location=device, weights_only=False)
+            if not isinstance(blob, dict):
+                raise CorruptFileError(ckpt, f"expected a dict checkpoint, got {type(blob).__name__}", "retraining")
+        except CorruptFileError as err:
+            logger.warning("%s", err)
+            blob = {}
+        if blob and blob.get("train_fingerprint") == spec.train_fingerprint():
             model = trainer_cls(config).build_model(train)
-            model.load_state_dict(blob["state_dict"])
-            cpu = blob.get("train_cpu_s")
-            return _Trained(model.to(device).eval(), float(blob["train_time_s"]), cpu, True)
-        logger.warning("checkpoint %s has another training config; retraining", ckpt)
+            try:
+                model.load_state_dict(blob["state_dict"])
+                cpu = blob.get("train_cpu_s")
+                return _Trained(model.to(device).eval(), float(blob["train_time_s"]), cpu, True)
+            except (KeyError, RuntimeError, TypeError, ValueError) as err:
+                logger.warning("checkpoint %s does not restore the model (%s: %s); retraining", ckpt,
+                               err.__class__.__name__, str(err).splitlines()[0] if str(err) else "")  # fmt: skip
+        elif blob:
+            logger.warning("checkpoint %s has another training config; retraining", ckpt)
     t0, c0 = time.perf_counter(), time.process_time()
     model = trainer_cls(config).train(train, seed=spec.seed, device=device)
     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -312,7 +328,8 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
 
 def _run_spec(spec: Any) -> Any:
     """Run one entry: a leaderboard :class:`EntrySpec`, or any spec with ``name``, ``is_done()`` and ``run()``
-    (e.g. :class:`benchmarks.sigma_benchmark.SigmaEntry`): the runner's guarantees hold for both."""
+    (e.g. :class:`benchmarks.sigma_benchmark.SigmaEntry`): the runner's guarantees hold for both.
+    """
     return spec.run() if hasattr(spec, "run") else run_entry(spec)
 
 
@@ -387,9 +404,36 @@ def run_leaderboard(
 
 
 # ----------------------------------------------------------------------------------------------- tables
+def redo_command(path: Path) -> str:
+    """The command that rewrites the result JSON ``<dataset>/<method>_seed<k>.json`` (or a generic hint)."""
+    import re
+
+    match = re.fullmatch(r"(?P<method>.+)_seed(?P<seed>\d+)\.json", path.name)
+    if match is None or match["method"] not in TRAINERS:
+        return "regenerate it with the command that wrote it, or delete it"
+    return (f"redo it with `python -m benchmarks.leaderboard run --methods {match['method']} --datasets "
+            f"{path.parent.name} --seeds {match['seed']} --results-dir {path.parent.parent}` (add the run's other "
+            "options, e.g. --n-eval) or delete it")  # fmt: skip
+
+
+def read_json_or_warn(path: Path, hint: str) -> Any:
+    """The parsed JSON at ``path``, or None with a warning naming the file, what is wrong and ``hint`` (what happens
+    or what to do) when it is truncated or not JSON. For readers that can skip or redo the entry it holds.
+    """
+    try:
+        return read_json(path, hint=hint)
+    except CorruptFileError as err:
+        logger.warning("skipping %s", err)
+        return None
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """All result records under ``results_dir`` (``<dataset>/<method>_seed<k>.json``), sorted by name."""
-    records = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("*/*.json"))]
+    """All result records under ``results_dir`` (``<dataset>/<method>_seed<k>.json``), sorted by name.
+
+    A file that is not valid JSON (truncated, half-copied) is skipped with a warning that names it and the command
+    that redoes it; the other entries are still returned.
+    """
+    records = [read_json_or_warn(p, redo_command(p)) for p in sorted(Path(results_dir).glob("*/*.json"))]
     # other studies keep their own JSONs under results/ (policy_loss/, ...): only leaderboard entries count
     return [r for r in records if isinstance(r, dict) and {"method", "dataset", "seed", "robust_acc"} <= set(r)]
 

@@ -306,7 +306,10 @@ def _cell(values: list[float], percent: bool = True) -> str:
 def load_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     """Every result JSON under ``results_dir``, sorted by (method order, seed)."""
     order = {m.name: i for i, m in enumerate(METHODS)}
-    entries = [json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))]
+    from benchmarks.leaderboard import read_json_or_warn
+
+    hint = "redo it with `python -m benchmarks.policy_loss_study` (docs/policy_loss.md) or delete it"
+    entries = [e for p in sorted(results_dir.glob("*.json")) if isinstance(e := read_json_or_warn(p, hint), dict)]
     return sorted(entries, key=lambda e: (order.get(e["method"], len(order)), e["seed"]))
 
 

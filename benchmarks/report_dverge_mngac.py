@@ -12,7 +12,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -85,9 +84,11 @@ def load(results_dir: Path, dataset: str) -> dict[str, list[dict[str, Any]]]:
     """Entries of ``dataset`` grouped by method, sorted by seed."""
     groups: dict[str, list[dict[str, Any]]] = {}
     folder = results_dir / dataset
+    from benchmarks.leaderboard import read_json_or_warn, redo_command
+
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        rec = json.loads(path.read_text())
-        if rec.get("dataset", dataset) == dataset and "method" in rec:
+        rec = read_json_or_warn(path, redo_command(path))
+        if isinstance(rec, dict) and rec.get("dataset", dataset) == dataset and "method" in rec:
             groups.setdefault(rec["method"], []).append(rec)
     for recs in groups.values():
         recs.sort(key=lambda r: r.get("seed", 0))

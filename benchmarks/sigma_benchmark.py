@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.leaderboard import _git_at_import, atomic_write_json, run_leaderboard
+from benchmarks.leaderboard import _git_at_import, atomic_write_json, read_json_or_warn, run_leaderboard
 
 __all__ = ["AGENTS", "THREATS", "SigmaEntry", "build_report", "load_sigma_results", "main"]
 
@@ -227,8 +227,9 @@ class SigmaEntry:
         ckpt = self.checkpoint_path()
         t0, c0 = time.perf_counter(), time.process_time()
         reused = (ckpt / "fingerprint.txt").is_file() and (ckpt / "fingerprint.txt").read_text() == self.fingerprint()
+        meta = read_json_or_warn(ckpt / "train.json", "the agent is trained again") if reused else None
+        reused = isinstance(meta, dict)
         if reused:
-            meta = json.loads((ckpt / "train.json").read_text())
             policy = SB3SigmaPolicy.load(ckpt, args.algo)
             train_time, train_cpu = meta["train_time_s"], meta["train_cpu_s"]
         else:

@@ -522,7 +522,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--render-only", action="store_true", help="regenerate the doc and figure from the JSON")
     ns = parser.parse_args(argv)
     if ns.render_only:
-        data = json.loads(RESULTS.read_text())
+        from robust_envs.fileio import read_json
+
+        data = read_json(RESULTS, hint="rerun `python -m benchmarks.singularity_probe` without --render-only")
     else:
         torch.set_num_threads(ns.threads)
         from tqdm import tqdm

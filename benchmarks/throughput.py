@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         print(row, flush=True)
     device = _resolve_device(ns.device)
     if ns.skip_sync and RESULTS.is_file():
-        rows = json.loads(RESULTS.read_text()).get("rows", [])
+        from benchmarks.leaderboard import read_json_or_warn
+
+        old = read_json_or_warn(RESULTS, "rerun without --skip-sync to redo the SyncVectorEnv rows") or {}
+        rows = old.get("rows", [])
     meta = {"argv": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "t_c": ns.t_c,
             "stride": ns.stride, "episodes": ns.episodes, "evaluator": ns.evaluator, "model": ns.model,
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "

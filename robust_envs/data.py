@@ -276,12 +276,22 @@ def find_cifar10(root: str | os.PathLike[str] | None = None, download: bool = Fa
 def _load_cifar10_cached(directory: str, split: str) -> ImageSplit:
     import pickle
 
+    from robust_envs.fileio import CorruptFileError
+
     images, labels = [], []
     for name in _CIFAR_FILES[split]:
-        with open(Path(directory) / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        path = Path(directory) / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")  # noqa: S301 - the data set's own format
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as err:
+            raise CorruptFileError(
+                path,
+                f"not a complete CIFAR-10 python batch ({err.__class__.__name__}: {err})",
+                f"delete {Path(directory)} and extract cifar-10-python.tar.gz again (or call with download=True online)",
+            ) from err
     return ImageSplit(
         images=torch.from_numpy(np.concatenate(images)),
         labels=torch.from_numpy(np.concatenate(labels)),
@@ -295,7 +305,8 @@ def load_cifar10(
     """Load a CIFAR-10 split: images ``(N, 3, 32, 32)`` uint8, labels ``(N,)`` int64 (N = 50,000 / 10,000).
 
     Raises:
-        ValueError: on an unknown split.
+        ValueError: on an unknown split, or a truncated / corrupt batch file
+            (:class:`robust_envs.fileio.CorruptFileError`, naming the file and what to do).
         DatasetNotFoundError: when no location holds the data.
     """
     if split not in _CIFAR_FILES:

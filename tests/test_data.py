@@ -58,3 +58,31 @@ def test_digits_and_bad_names() -> None:
         load_dataset("mnist")
     with pytest.raises(ValueError, match="split must be one of"):
         load_dataset("digits", "val")  # type: ignore[arg-type]
+
+
+def test_truncated_gz_idx_file_is_named(tmp_path) -> None:
+    _fake_fmnist(tmp_path, n_train=50)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz.*delete it and fetch it again"):
+        load_fashion_mnist("train", root=tmp_path)
+
+
+def test_truncated_cifar10_batch_is_named(tmp_path) -> None:
+    import pickle
+
+    from robust_envs.data import load_cifar10
+    from robust_envs.fileio import CorruptFileError
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    assert load_cifar10("test", root=tmp_path).images.shape == (4, 3, 32, 32)
+    blob = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(CorruptFileError, match=r"data_batch_3: not a complete CIFAR-10 python batch.*extract"):
+        load_cifar10("train", root=tmp_path)

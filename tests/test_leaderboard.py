@@ -214,3 +214,63 @@ def test_ray_engine_runs_an_entry(tmp_path: Path) -> None:
         ray.shutdown()
     rec = json.loads((tmp_path / "results" / "digits" / "standard_seed0.json").read_text())
     assert rec["method"] == "standard" and 0.0 < rec["clean_acc"] <= 1.0
+
+
+def test_tables_skip_a_truncated_result_and_name_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A new user's first fault: one truncated JSON under results/ must not stop `tables` with a bare
+    JSONDecodeError; the other entries are tabulated and the warning names the file and the command that redoes it."""
+    src = REPO / "benchmarks" / "results" / "fashion_mnist"
+    dst = tmp_path / "results" / "fashion_mnist"
+    dst.mkdir(parents=True)
+    for name in ("standard_seed0.json", "pgd_at_seed0.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    blob = (src / "trades_seed0.json").read_bytes()
+    (dst / "trades_seed0.json").write_bytes(blob[: len(blob) // 3])
+    caplog.set_level("WARNING", logger="benchmarks.leaderboard")
+    assert (
+        leaderboard.main(["tables", "--results-dir", str(tmp_path / "results"), "--docs-dir", str(tmp_path / "d")]) == 0
+    )
+    md = (tmp_path / "d" / "leaderboard.md").read_text()
+    assert "| standard |" in md and "| pgd_at |" in md and "| trades |" not in md
+    warning = caplog.text
+    assert "trades_seed0.json: invalid or truncated JSON" in warning
+    assert "python -m benchmarks.leaderboard run --methods trades --datasets fashion_mnist --seeds 0" in warning
+
+
+@pytest.mark.slow
+def test_run_redoes_a_corrupt_result_and_checkpoint(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    args = ["run", "--methods", "standard", "--seeds", "0", *QUICK, *_dirs(tmp_path), "--no-tables"]
+    assert leaderboard.main(args) == 0
+    result = tmp_path / "results" / "digits" / "standard_seed0.json"
+    ckpt = tmp_path / "ckpt" / "digits" / "standard_seed0.pt"
+    for path in (result, ckpt):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    caplog.set_level("WARNING", logger="benchmarks.leaderboard")
+    assert leaderboard.main(args) == 0
+    assert json.loads(result.read_text())["method"] == "standard"  # redone, complete
+    assert torch.load(ckpt, weights_only=False)["state_dict"]  # retrained, complete
+    assert (
+        "standard_seed0.json: invalid or truncated JSON" in caplog.text and "this run redoes the entry" in caplog.text
+    )
+    assert "standard_seed0.pt: not a readable torch checkpoint" in caplog.text and "retraining" in caplog.text
+
+
+def test_other_result_readers_skip_a_truncated_json(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from benchmarks import policy_loss_study, report_dverge_mngac
+
+    src = REPO / "benchmarks" / "results"
+    (tmp_path / "fashion_mnist").mkdir()
+    (tmp_path / "policy_loss").mkdir()
+    good = sorted((src / "policy_loss").glob("*.json"))[0]
+    (tmp_path / "policy_loss" / good.name).write_bytes(good.read_bytes())
+    (tmp_path / "policy_loss" / "broken.json").write_text('{"method": "ce", "se')
+    (tmp_path / "fashion_mnist" / "dverge_seed0.json").write_bytes(
+        (src / "fashion_mnist" / "dverge_seed0.json").read_bytes()
+    )
+    (tmp_path / "fashion_mnist" / "dverge_seed1.json").write_text("")
+    caplog.set_level("WARNING", logger="benchmarks.leaderboard")
+    assert len(policy_loss_study.load_results(tmp_path / "policy_loss")) == 1
+    assert [r["seed"] for r in report_dverge_mngac.load(tmp_path, "fashion_mnist")["dverge"]] == [0]
+    assert "broken.json: invalid or truncated JSON" in caplog.text and "policy_loss_study" in caplog.text
+    assert "dverge_seed1.json: empty file" in caplog.text and "--methods dverge" in caplog.text

@@ -60,3 +60,64 @@ def test_missing_or_corrupt_scorer_weights(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="could not load levels scorer weights"):
         LevelsEvaluator(tmp_path)
+    (tmp_path / "config.json").write_text('{"width": 3')
+    with pytest.raises(ValueError, match=r"config\.json: invalid or truncated JSON.*train_levels_scorer\.py"):
+        LevelsEvaluator(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------- Q-Align (no weights)
+def test_qalign_preprocess_resizes_64px_to_448_with_clip_normalisation() -> None:
+    from robust_envs.quality.pyiqa_metrics import CLIP_MEAN, CLIP_STD, qalign_preprocess
+
+    grey = torch.full((2, 1, 64, 64), 0.5)
+    x = qalign_preprocess(grey)
+    assert x.shape == (2, 3, 448, 448) and x.dtype == torch.float16
+    expected = torch.tensor([(0.5 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD, strict=True)])
+    torch.testing.assert_close(x[0, :, 200, 200].float(), expected, atol=2e-3, rtol=0)
+    wide = qalign_preprocess(torch.ones(1, 3, 32, 64), dtype=torch.float32)  # padded to a square with the CLIP mean
+    assert wide.shape == (1, 3, 448, 448)
+    torch.testing.assert_close(wide[0, :, 2, 224], torch.zeros(3), atol=1e-5, rtol=0)
+
+
+@pytest.fixture()
+def offline_qalign(monkeypatch):
+    """QAlignEvaluator up to the weight load: dependencies and cache check pass, the 7B model is a stub."""
+    from robust_envs.quality import pyiqa_metrics
+
+    calls: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    class StubModel(torch.nn.Module):
+        def score(self, images, task_="quality", input_="image", image_tensor=None):
+            assert images is None and task_ == "quality" and input_ == "image"
+            calls.append((tuple(image_tensor.shape), image_tensor.dtype))
+            return 1.0 + 4.0 * image_tensor.float().mean(dim=(1, 2, 3)).sigmoid()
+
+    monkeypatch.setattr(pyiqa_metrics, "_require_qalign_deps", lambda: None)
+    monkeypatch.setattr(pyiqa_metrics, "_qalign_weights_cached", lambda: True)
+    monkeypatch.setattr(pyiqa_metrics.QAlignEvaluator, "_load", staticmethod(lambda device, dtype: StubModel()))
+    return calls
+
+
+def test_qalign_scores_in_batches_of_fp16_448px_images(offline_qalign) -> None:
+    evaluator = QAlignEvaluator(device="cpu", allow_cpu=True, batch_size=2)
+    scores = evaluator(torch.rand(5, 3, 64, 64))
+    assert scores.shape == (5,) and ((scores >= 1) & (scores <= 5)).all()
+    assert offline_qalign == [((2, 3, 448, 448), torch.float16)] * 2 + [((1, 3, 448, 448), torch.float16)]
+
+
+def test_qalign_names_missing_weights_and_dependencies(monkeypatch, tmp_path) -> None:
+    import sys
+
+    import huggingface_hub.constants
+
+    from robust_envs.quality import pyiqa_metrics
+
+    monkeypatch.delenv("ROBUST_ENVS_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(pyiqa_metrics, "_require_qalign_deps", lambda: None)
+    with pytest.raises(RuntimeError, match=r"q-future/one-align.*not in the local Hugging Face cache.*huggingface-cli"):
+        QAlignEvaluator(device="cpu", allow_cpu=True)
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "icecream", None)
+    with pytest.raises(ImportError, match=r"icecream.*pip install 'robust-envs\[qalign\]'"):
+        QAlignEvaluator(device="cpu", allow_cpu=True)

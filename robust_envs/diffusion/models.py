@@ -1,5 +1,6 @@
-"""Loading the noise network eps_theta: diffusers folders, hub ids (offline from the local cache) and
-the embedded Fashion-MNIST default.
+"""Loading the noise network eps_theta: diffusers folders, hub ids (offline from the local cache), original
+DDIM / improved-diffusion / guided-diffusion checkpoints (:mod:`robust_envs.diffusion.checkpoints`) and the
+embedded Fashion-MNIST default.
 
 The embedded default (``robust_envs/assets/ddpm_fmnist``) is itself a diffusers folder: a
 ``UNet2DModel`` trained by ``scripts/train_unet.py`` (see the folder's ``CARD.md``).
@@ -8,6 +9,7 @@ The embedded default (``robust_envs/assets/ddpm_fmnist``) is itself a diffusers 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,11 @@ import torch
 from torch import nn
 
 from robust_envs.diffusion.schedule import NoiseSchedule
+from robust_envs.fileio import CorruptFileError, read_json
 
 __all__ = ["EMBEDDED_UNET", "NoiseModel", "load_noise_model"]
+
+logger = logging.getLogger(__name__)
 
 EMBEDDED_UNET = Path(__file__).resolve().parents[1] / "assets" / "ddpm_fmnist"
 
@@ -74,22 +79,27 @@ def load_noise_model(
     """Load an epsilon-prediction ``UNet2DModel`` and its schedule.
 
     Args:
-        model: ``"embedded"`` (the Fashion-MNIST default), a diffusers folder (a ``UNet2DModel`` folder with
-            ``config.json``, or a pipeline folder with ``unet/`` and ``scheduler/``), or a hub id such as
-            ``"google/ddpm-cifar10-32"`` (read from the local Hugging Face cache).
+        model: ``"embedded"`` (the Fashion-MNIST default); a diffusers folder (a ``UNet2DModel`` folder with
+            ``config.json``, or a pipeline folder with ``unet/`` and ``scheduler/``); an original checkpoint file
+            (ermongroup/ddim ``ckpt.pth`` with its ``config.yml`` beside it, or an improved/guided-diffusion ``.pt``
+            with its flags beside it; see :func:`robust_envs.diffusion.checkpoints.load_checkpoint` and
+            ``docs/checkpoints.md``) or a folder holding one; or a hub id such as ``"google/ddpm-cifar10-32"``
+            (read from the local Hugging Face cache).
         device: torch device.
         local_files_only: for hub ids, only use the local cache (default: True unless
             ``ROBUST_ENVS_ALLOW_DOWNLOAD=1``).
 
-    The schedule comes from ``scheduler_config.json`` (in the folder or ``scheduler/``) when present, else
-    the linear 1e-4..0.02, T = 1000 schedule.
+    The schedule comes from ``scheduler_config.json`` (in the folder or ``scheduler/``) when present, from the
+    checkpoint's config for original checkpoints, else the linear 1e-4..0.02, T = 1000 schedule.
 
     Raises:
-        FileNotFoundError: if the folder or hub id cannot be found locally; the message says what to do.
-        ValueError: if the model does not predict epsilon or the schedule is unsupported.
+        FileNotFoundError: if the folder, checkpoint, config or hub id cannot be found locally; the message says
+            what to do.
+        robust_envs.fileio.CorruptFileError: if a config, scheduler config or weights file is truncated or
+            malformed (a ``ValueError``; the message names the file).
+        ValueError: if the model does not predict epsilon, the schedule is unsupported, or the weights do not fit
+            the config.
     """
-    from diffusers import UNet2DModel
-
     source = str(model)
     path = EMBEDDED_UNET if source == "embedded" else Path(source).expanduser()
     if source == "embedded" and not (path / "config.json").is_file():
@@ -98,19 +108,20 @@ def load_noise_model(
             "`python scripts/train_unet.py` to rebuild it"
         )
     sched_cfg: dict = {}
+    if path.is_file() or (path.is_dir() and _holds_checkpoint(path)):
+        from robust_envs.diffusion.checkpoints import load_checkpoint
+
+        converted = load_checkpoint(path)
+        unet = converted.unet.to(device)
+        logger.info("loaded %s checkpoint %s (%s)", converted.format, converted.checkpoint, "; ".join(converted.notes))
+        return NoiseModel(unet=unet, schedule=converted.schedule, source=source)
     if path.is_dir():
-        sub = "unet" if (path / "unet" / "config.json").is_file() else None
-        if sub is None and not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} holds neither config.json nor unet/config.json: not a diffusers folder")
-        try:
-            unet = UNet2DModel.from_pretrained(path, subfolder=sub)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"could not load a UNet2DModel from {path}: {err}") from err
+        unet = _load_diffusers_folder(path)
         for cand in (path / "scheduler_config.json", path / "scheduler" / "scheduler_config.json"):
             if cand.is_file():
-                sched_cfg = json.loads(cand.read_text())
+                sched_cfg = read_json(cand, hint="restore it from the model's release (a diffusers scheduler config)")
                 break
-    elif "/" in source and not source.startswith((".", "/")):
+    elif "/" in source and not source.startswith((".", "/", "~")) and Path(source).suffix not in _FILE_SUFFIXES:
         offline = os.environ.get("ROBUST_ENVS_ALLOW_DOWNLOAD") != "1" if local_files_only is None else local_files_only
         try:
             unet = _from_hub(source, offline)
@@ -123,7 +134,8 @@ def load_noise_model(
         sched_cfg = _hub_scheduler_config(source, offline)
     else:
         raise FileNotFoundError(
-            f"model {source!r} is neither 'embedded', an existing diffusers folder, nor a hub id 'owner/name'"
+            f"model {source!r} is neither 'embedded', an existing diffusers folder or checkpoint file, nor a hub id "
+            "'owner/name'"
         )
     pred = sched_cfg.get("prediction_type", "epsilon")
     if pred != "epsilon":
@@ -131,6 +143,72 @@ def load_noise_model(
     schedule = NoiseSchedule.from_diffusers_config(sched_cfg) if sched_cfg else NoiseSchedule.linear()
     unet = unet.to(device).eval().requires_grad_(False)
     return NoiseModel(unet=unet, schedule=schedule, source=source)
+
+
+_WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: Suffixes that make a missing ``model=`` a missing file rather than a hub id.
+_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".json", ".yml", ".yaml")
+
+
+def _holds_checkpoint(path: Path) -> bool:
+    """A folder that is not a diffusers folder but holds an original checkpoint (e.g. ermongroup/ddim's log folder)."""
+    from robust_envs.diffusion.checkpoints import CHECKPOINT_SUFFIXES
+
+    if (path / "config.json").is_file() or (path / "unet").is_dir():
+        return False
+    return any(f.suffix in CHECKPOINT_SUFFIXES and f.name not in _WEIGHT_NAMES for f in path.iterdir() if f.is_file())
+
+
+def _load_diffusers_folder(path: Path) -> nn.Module:
+    """``UNet2DModel.from_pretrained`` with the config and weights checked first, so that errors name the file."""
+    from diffusers import UNet2DModel
+
+    sub = "unet" if (path / "unet").is_dir() else None
+    folder = path / sub if sub else path
+    cfg_file = folder / "config.json"
+    hint = "restore the config.json saved with the weights (UNet2DModel.save_pretrained writes both)"
+    if not cfg_file.is_file():
+        weights = [n for n in _WEIGHT_NAMES if (folder / n).is_file()]
+        what = f"weights {weights} but " if weights else ""
+        raise FileNotFoundError(
+            f"{folder} holds {what}no config.json: not a diffusers folder (UNet2DModel). {hint[0].upper() + hint[1:]}; "
+            "an original DDIM / improved-diffusion checkpoint loads from its file with its own config beside it "
+            "(docs/checkpoints.md)."
+        )
+    cfg = read_json(cfg_file, hint=hint)
+    if not isinstance(cfg, dict):
+        raise CorruptFileError(cfg_file, f"expected a JSON object, got {type(cfg).__name__}", hint)
+    cls = cfg.get("_class_name")
+    if cls not in (None, "UNet2DModel"):
+        raise CorruptFileError(
+            cfg_file, f"describes a {cls}, not a UNet2DModel", "point model= at a UNet2DModel folder"
+        )
+    weights_file = next((folder / n for n in _WEIGHT_NAMES if (folder / n).is_file()), None)
+    if weights_file is None:
+        raise FileNotFoundError(f"{folder} has {cfg_file.name} but no weights ({' or '.join(_WEIGHT_NAMES)})")
+    if weights_file.suffix == ".safetensors":
+        _check_safetensors(weights_file)
+    try:
+        return UNet2DModel.from_pretrained(path, subfolder=sub)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [err.__class__.__name__])[0][:400]
+        raise ValueError(
+            f"could not load a UNet2DModel from {folder}: the weights {weights_file.name} and {cfg_file} do not "
+            f"agree or one is damaged ({err.__class__.__name__}: {first}). {hint[0].upper() + hint[1:]}."
+        ) from err
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open a safetensors file's header (cheap: no tensor is read); a truncated file fails here, named."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as err:
+        raise CorruptFileError(
+            path, f"not a readable safetensors file ({path.stat().st_size} bytes; {err})", "copy or download it again"
+        ) from err
 
 
 def _from_hub(repo_id: str, local_files_only: bool) -> nn.Module:

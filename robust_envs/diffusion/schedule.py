@@ -65,8 +65,31 @@ class NoiseSchedule:
         return cls.from_betas(torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64))
 
     @classmethod
+    def cosine(cls, num_train_timesteps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
+        """The cosine schedule of improved DDPM (Nichol & Dhariwal 2021, Eq. 17).
+
+        ``alpha_bar(t) = f(t) / f(0)`` with ``f(t) = cos((t / T + s) / (1 + s) * pi / 2) ** 2``, discretised as
+        ``beta_t = min(1 - alpha_bar(t) / alpha_bar(t - 1), max_beta)`` for t = 1..T (as
+        ``betas_for_alpha_bar`` in openai/improved-diffusion does).
+
+        Paper: https://arxiv.org/abs/2102.09672. Code: openai/improved-diffusion ``gaussian_diffusion.py``.
+
+        Raises:
+            ValueError: if ``num_train_timesteps < 1``.
+        """
+        if num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
+
+        def f(u: float) -> float:
+            return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+        T = num_train_timesteps
+        betas = [min(1.0 - f((i + 1) / T) / f(i / T), max_beta) for i in range(T)]
+        return cls.from_betas(torch.tensor(betas, dtype=torch.float64))
+
+    @classmethod
     def from_diffusers_config(cls, config: dict) -> NoiseSchedule:
-        """Build from a diffusers scheduler config (``beta_schedule`` linear or scaled_linear).
+        """Build from a diffusers scheduler config (``beta_schedule`` linear, scaled_linear or squaredcos_cap_v2).
 
         Raises:
             ValueError: on another ``beta_schedule`` (name the supported ones).
@@ -78,7 +101,11 @@ class NoiseSchedule:
             return cls.linear(n, start, end)
         if kind == "scaled_linear":
             return cls.from_betas(torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2)
-        raise ValueError(f"beta_schedule {kind!r} is not supported; valid: 'linear', 'scaled_linear'")
+        if kind == "squaredcos_cap_v2":
+            return cls.cosine(n)
+        raise ValueError(
+            f"beta_schedule {kind!r} is not supported; valid: 'linear', 'scaled_linear', 'squaredcos_cap_v2'"
+        )
 
     @property
     def num_train_timesteps(self) -> int:

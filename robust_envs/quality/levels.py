@@ -11,7 +11,6 @@ images: other images are converted to grey and resized to 28 x 28.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -74,7 +73,11 @@ class LevelsEvaluator(QualityEvaluator):
                 f"levels scorer weights not found at {weights}; rebuild them with "
                 "`python scripts/train_levels_scorer.py` (needs the embedded noise network)"
             )
-        config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+        config: dict = {}
+        if (path / "config.json").is_file():
+            from robust_envs.fileio import read_json
+
+            config = read_json(path / "config.json", hint="rebuild it with `python scripts/train_levels_scorer.py`")
         self.net = LevelsNet(width=int(config.get("width", 32)))
         try:
             self.net.load_state_dict(load_file(str(weights)))
