@@ -163,9 +163,7 @@ class LockstepVectorEnv(VectorEnv):
         self._pending_reset = False
         return self._reset_batch(seed, options)
 
-    def step_torch(
-        self, actions: Any
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def step_torch(self, actions: Any) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """:meth:`step` with every output a torch tensor on :attr:`device`, and no host copy.
 
         Actions may be a tensor on :attr:`device` (or a numpy array). Returns the observation, rewards

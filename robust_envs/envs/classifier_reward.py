@@ -424,5 +424,10 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
         else:
             obs = images[self._indices[:, self._t]]
         everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        infos = {"label": self._data.labels[index], "_label": everyone, "correct": correct, "_correct": everyone.clone()}
+        infos = {
+            "label": self._data.labels[index],
+            "_label": everyone,
+            "correct": correct,
+            "_correct": everyone.clone(),
+        }
         return obs, rewards, ended, bool(truncate), infos

@@ -253,7 +253,9 @@ class DDIMSigmaSimulator:
             for g, s in zip(self.generators, torch_seeds, strict=True):
                 g.manual_seed(int(s))
         if self.prefix_pool > 0:
-            picks = [int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators]
+            picks = [
+                int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators
+            ]
             pool_gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in picks]
             x = self._cached_prefix([POOL_SEED_BASE + j for j in picks], pool_gens, restore=False)
         elif self.prefix_cache and torch_seeds is not None:
@@ -390,7 +392,9 @@ class _DDIMSigmaMixin:
         if kw["action"] not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {kw['action']!r}")
         if kw["attack_budget_unit"] not in ("timesteps", "T"):
-            raise ValueError(f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}")
+            raise ValueError(
+                f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}"
+            )
         self.render_mode = render_mode
         dev = _resolve_device(kw["device"])
         noise_model = _get_model(kw["model"], dev)
@@ -663,7 +667,9 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
             raise RuntimeError("DDIMSigmaVectorEnv.step called before reset()")
         out = self.sim.step(_validated_action(actions, self.num_envs, self.sim.device))
         self._elapsed += 1
-        truncated = (not out.terminated) and self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
+        truncated = (
+            (not out.terminated) and self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
+        )
         self._needs_reset = out.terminated or truncated
         return self._obs(), out.reward, out.terminated, truncated, self._step_info(out)
 
