@@ -136,6 +136,11 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._store)
 
+    def clear(self) -> None:
+        """Drop every entry and reset the hit / miss counters (a benchmark's cold start)."""
+        self._store.clear()
+        self.hits = self.misses = 0
+
 
 #: One process-wide cache: envs with the same configuration share entries (the key holds the configuration).
 PREFIX_CACHE = PrefixCache()
