@@ -288,10 +288,13 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
     """``num_envs`` copies of :class:`ClassifierRewardEnv` stepped together on ``device``.
 
     Observations ``(num_envs, C, H, W)`` uint8; actions ``(num_envs,)`` integers in ``[0, num_classes)``
-    as a numpy array or a torch tensor (kept on its device); rewards ``(num_envs,)`` float64 (Eq. 3);
+    as a numpy array or an integer torch tensor on ``device``; rewards ``(num_envs,)`` float64 (Eq. 3);
     infos ``label`` ``(num_envs,)`` int64 and ``correct`` ``(num_envs,)`` bool with their ``_label`` /
     ``_correct`` masks. All episodes last ``episode_length`` steps and end together. ``reset(seed=s)``
     seeds sub-env ``i`` with ``s + i``, so its images are those of a single env reset with ``s + i``.
+    ``reset_torch`` / ``step_torch`` (or :class:`robust_envs.wrappers.TorchVectorEnv`) return the same as torch
+    tensors on ``device`` with no host copy (rewards float32); the episode's image indices, drawn at reset from the
+    per-sub-env numpy generators, are the one host-to-device transfer.
 
     Args:
         num_envs: number of sub-envs (>= 1), the batch size of one step.
@@ -304,7 +307,7 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
     Raises:
         ValueError: on invalid arguments (see :class:`ClassifierRewardEnv`), ``num_envs < 1`` or
             ``max_episode_steps < 1``; on ``step``, ``TypeError``/``ValueError`` for actions of the wrong
-            dtype, shape or range.
+            dtype, shape, range or device.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}

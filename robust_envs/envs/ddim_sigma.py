@@ -611,6 +611,11 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
     ``autoreset_mode`` (``AutoresetMode.NEXT_STEP`` default, or ``SAME_STEP`` for SB3). Sub-env ``i`` seeded
     with ``seed + i`` reproduces ``DDIMSigmaEnv`` reset with that seed, step for step. ``max_episode_steps``
     (passed by ``gym.make_vec``) truncates episodes longer than it. Actions ``(num_envs, 1)`` in [0, 1].
+
+    Two API boundaries serve the same steps: ``reset`` / ``step`` (numpy, Gymnasium's) and ``reset_torch`` /
+    ``step_torch`` (torch tensors on :attr:`device`, no host copy; what
+    :class:`robust_envs.wrappers.TorchVectorEnv` exposes). Either accepts actions as a numpy array or as a
+    floating-point tensor on :attr:`device`.
     """
 
     def __init__(
