@@ -65,8 +65,6 @@ class LockstepVectorEnv(VectorEnv):
     observation and info go to ``infos["final_obs"]`` / ``infos["final_info"]``).
     """
 
-    device: torch.device
-
     def __init__(self, autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP) -> None:
         try:
             mode = AutoresetMode(autoreset_mode)
@@ -82,6 +80,11 @@ class LockstepVectorEnv(VectorEnv):
         self._pending_reset = False
 
     # hooks -------------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The torch device the hooks compute on and every tensor of :meth:`step_torch` lives on."""
+        raise NotImplementedError
+
     def _reset_batch(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
         """Start N new episodes (sub-env i seeded with ``seed + i`` when ``seed`` is given).
 
