@@ -87,3 +87,19 @@ def test_action_convention_and_args() -> None:
         Args(n_steps=0)
     with pytest.raises(FileNotFoundError, match="agents.ppo_torch"):
         TorchSigmaPolicy.load("/nonexistent/folder")
+
+
+@pytest.mark.slow
+def test_benchmark_script_smoke(tiny_unet_dir, tmp_path) -> None:
+    """benchmarks/ppo_torch.py end to end with tiny budgets: both learners, the evaluation, JSON and report."""
+    from benchmarks import ppo_torch as bench
+
+    bench.main(["--t-c", "2", "--total-timesteps", "16", "--num-envs", "2", "--n-steps", "8", "--batch-size", "8",
+                "--n-samples", "4", "--model", str(tiny_unet_dir), "--evaluator", "piqe", "--env-episodes", "1",
+                "--results", str(tmp_path / "r.json"), "--doc", str(tmp_path / "doc.md")])  # fmt: skip
+    data = json.loads((tmp_path / "r.json").read_text())
+    run = data["runs"][0]
+    assert run["sb3_ppo"]["env_steps"] == run["ppo_torch"]["env_steps"] == 16
+    assert [r["schedule"] for r in run["eval"]][:2] == ["sb3_ppo", "ppo_torch"] and len(run["eval"]) == 7
+    doc = (tmp_path / "doc.md").read_text()
+    assert "## Verdict" in doc and "| 0 | ppo_torch |" in doc and data["verdict"] in doc
