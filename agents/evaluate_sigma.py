@@ -103,7 +103,9 @@ def evaluate_policy(
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
     start = time.perf_counter()
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("r1", "ret", "qa", "qb", "eta", "xa", "xb", "all", "ball", "by_t")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("r1", "ret", "qa", "qb", "eta", "xa", "xb", "all", "ball", "by_t")
+    }
     done_samples = 0
     kw = {"prefix_cache": True, **env_kwargs}
     t_c = int(kw.get("t_c", 20))
@@ -218,13 +220,24 @@ def save_figure(result: ScheduleResult, path: Path, title: str) -> None:
     k = len(result.x0_agent)
     fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 3.0), squeeze=False)
     for i in range(k):
-        for row, (img, q) in enumerate(((result.x0_agent[i], result.q0_agent[i]), (result.x0_baseline[i], result.q0_baseline[i]))):
+        for row, (img, q) in enumerate(
+            ((result.x0_agent[i], result.q0_agent[i]), (result.x0_baseline[i], result.q0_baseline[i]))
+        ):
             ax = axes[row][i]
-            ax.imshow(img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(
+                img.transpose(1, 2, 0).squeeze(-1) if img.shape[0] == 1 else img.transpose(1, 2, 0),
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+            )
             ax.set_title(f"Q={q:.2f}", fontsize=7)
             ax.axis("off")
-    axes[0][0].text(-0.3, 0.5, result.name, transform=axes[0][0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
-    axes[1][0].text(-0.3, 0.5, "sigma=0", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+    axes[0][0].text(
+        -0.3, 0.5, result.name, transform=axes[0][0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+    )
+    axes[1][0].text(
+        -0.3, 0.5, "sigma=0", transform=axes[1][0].transAxes, rotation=90, va="center", ha="right", fontsize=8
+    )
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +246,8 @@ def save_figure(result: ScheduleResult, path: Path, title: str) -> None:
 
 
 def load_policy(spec: str) -> Any:
-    """``'a=<x>'``, ``'random'``, or a folder written by :func:`agents.ppo_sigma.train` (``policy.zip``).
+    """``'a=<x>'``, ``'random'``, a folder written by :func:`agents.ppo_sigma.train` (``policy.zip``) or by
+    :func:`agents.ppo_torch.train` (``agent.pt``, loaded on the CPU).
 
     Raises:
         FileNotFoundError: when ``spec`` is none of these (the message lists them).
@@ -242,11 +256,16 @@ def load_policy(spec: str) -> Any:
         return ConstantAction(float(spec[2:]))
     if spec == "random":
         return RandomAction(0)
+    if (Path(spec) / "agent.pt").is_file():
+        from agents.ppo_torch import TorchSigmaPolicy
+
+        return TorchSigmaPolicy.load(spec)
     from agents.ppo_sigma import SB3SigmaPolicy
 
     if not (Path(spec) / "policy.zip").is_file():
-        raise FileNotFoundError(f"policy {spec!r} is neither 'a=<x>', 'random' nor a folder with policy.zip "
-                                "(written by `python -m agents.ppo_sigma --out-dir <folder>`)")  # fmt: skip
+        raise FileNotFoundError(f"policy {spec!r} is neither 'a=<x>', 'random' nor a folder with policy.zip or agent.pt "
+                                "(written by `python -m agents.ppo_sigma --out-dir <folder>` or "
+                                "`python -m agents.ppo_torch --out-dir <folder>`)")  # fmt: skip
     return SB3SigmaPolicy.load(spec)
 
 
@@ -254,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     from agents.ppo_sigma import Args, env_kwargs
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policy", default="a=0.5", help="a folder with policy.zip, 'a=<x>' or 'random'")
+    parser.add_argument("--policy", default="a=0.5", help="a folder with policy.zip or agent.pt, 'a=<x>' or 'random'")
     parser.add_argument("--name", default="policy")
     parser.add_argument("--n-samples", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=250)
@@ -267,10 +286,14 @@ def main(argv: list[str] | None = None) -> None:
     ns = parser.parse_args(argv)
     kw = env_kwargs(ns)
     results = [evaluate_policy(ns.name, load_policy(ns.policy), kw, ns.n_samples, ns.batch_size, ns.seed)]
-    results += [evaluate_policy(n, p, kw, ns.n_samples, ns.batch_size, ns.seed) for n, p in reference_policies().items()]
+    results += [
+        evaluate_policy(n, p, kw, ns.n_samples, ns.batch_size, ns.seed) for n, p in reference_policies().items()
+    ]
     rows = summarize(results)
     write_report(rows, {"env_kwargs": kw, "policy": ns.policy, "seed": ns.seed}, Path(ns.out))
-    save_figure(results[0], Path(ns.out) / "x0_agent_vs_baseline.png", f"{ns.name} vs sigma=0 under attack, t_c={ns.t_c}")
+    save_figure(
+        results[0], Path(ns.out) / "x0_agent_vs_baseline.png", f"{ns.name} vs sigma=0 under attack, t_c={ns.t_c}"
+    )
     print(markdown_table(rows))
 
 

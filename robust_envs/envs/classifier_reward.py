@@ -33,7 +33,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from robust_envs.data import DATASETS, load_dataset
-from robust_envs.envs._lockstep import LockstepVectorEnv
+from robust_envs.envs._lockstep import LockstepVectorEnv, same_device
 
 __all__ = ["ClassifierRewardEnv", "ClassifierRewardVectorEnv"]
 
@@ -288,10 +288,13 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
     """``num_envs`` copies of :class:`ClassifierRewardEnv` stepped together on ``device``.
 
     Observations ``(num_envs, C, H, W)`` uint8; actions ``(num_envs,)`` integers in ``[0, num_classes)``
-    as a numpy array or a torch tensor (kept on its device); rewards ``(num_envs,)`` float64 (Eq. 3);
+    as a numpy array or an integer torch tensor on ``device``; rewards ``(num_envs,)`` float64 (Eq. 3);
     infos ``label`` ``(num_envs,)`` int64 and ``correct`` ``(num_envs,)`` bool with their ``_label`` /
     ``_correct`` masks. All episodes last ``episode_length`` steps and end together. ``reset(seed=s)``
     seeds sub-env ``i`` with ``s + i``, so its images are those of a single env reset with ``s + i``.
+    ``reset_torch`` / ``step_torch`` (or :class:`robust_envs.wrappers.TorchVectorEnv`) return the same as torch
+    tensors on ``device`` with no host copy (rewards float32); the episode's image indices, drawn at reset from the
+    per-sub-env numpy generators, are the one host-to-device transfer.
 
     Args:
         num_envs: number of sub-envs (>= 1), the batch size of one step.
@@ -304,7 +307,7 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
     Raises:
         ValueError: on invalid arguments (see :class:`ClassifierRewardEnv`), ``num_envs < 1`` or
             ``max_episode_steps < 1``; on ``step``, ``TypeError``/``ValueError`` for actions of the wrong
-            dtype, shape or range.
+            dtype, shape, range or device.
     """
 
     metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -382,7 +385,12 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
                 raise TypeError(
                     f"actions must be integers in [0, {num_classes}), got a tensor of dtype {actions.dtype}"
                 )
-            tensor = actions.to(self.device, torch.int64)
+            if not same_device(actions.device, self.device):
+                raise ValueError(
+                    f"actions must be a tensor on the env's device {self.device} (class labels in [0, {num_classes})), "
+                    f"got one on {actions.device}"
+                )
+            tensor = actions.to(torch.int64)
         else:
             arr = np.asarray(actions)
             if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
@@ -395,16 +403,16 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
             raise ValueError(f"actions must be class labels in [0, {num_classes}), got values in [{low}, {high}]")
         return tensor
 
-    def _reset_batch(self, seed: int | None, options: dict[str, Any] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    def _reset_batch(self, seed: int | None, options: dict[str, Any] | None) -> tuple[torch.Tensor, dict[str, Any]]:
         if seed is not None:
             self._rngs = [seeding.np_random(seed + i)[0] for i in range(self.num_envs)]
         elif self._rngs is None:
             self._rngs = [seeding.np_random(None)[0] for _ in range(self.num_envs)]
         self._indices = self._data.draw_episode(self._rngs)
         self._t = 0
-        return self._data.images[self._indices[:, 0]].cpu().numpy(), {}
+        return self._data.images[self._indices[:, 0]], {}
 
-    def _step_batch(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def _step_batch(self, actions: Any) -> tuple[torch.Tensor, torch.Tensor, bool, bool, dict[str, Any]]:
         if self._indices is None:
             raise RuntimeError("call reset() before step()")
         acts = self._check_actions(actions)
@@ -413,17 +421,16 @@ class ClassifierRewardVectorEnv(LockstepVectorEnv):
         self._t += 1
         ended = self._t == self._data.episode_length
         truncate = not ended and self.max_episode_steps is not None and self._t >= self.max_episode_steps
+        images = self._data.images
         if ended:
-            obs = np.zeros((self.num_envs, *self._data.images.shape[1:]), dtype=np.uint8)
+            obs = torch.zeros((self.num_envs, *images.shape[1:]), dtype=images.dtype, device=self.device)
         else:
-            obs = self._data.images[self._indices[:, self._t]].cpu().numpy()
-        everyone = np.ones(self.num_envs, dtype=bool)
-        infos = {"label": self._data.labels[index].cpu().numpy(), "_label": everyone,
-                 "correct": correct.cpu().numpy(), "_correct": everyone.copy()}  # fmt: skip
-        return (
-            obs,
-            rewards.cpu().numpy(),
-            np.full(self.num_envs, ended, dtype=bool),
-            np.full(self.num_envs, truncate, dtype=bool),
-            infos,
-        )
+            obs = images[self._indices[:, self._t]]
+        everyone = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        infos = {
+            "label": self._data.labels[index],
+            "_label": everyone,
+            "correct": correct,
+            "_correct": everyone.clone(),
+        }
+        return obs, rewards, ended, bool(truncate), infos

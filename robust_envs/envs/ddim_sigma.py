@@ -36,7 +36,7 @@ from robust_envs.diffusion import (
     predict_x0,
 )
 from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
-from robust_envs.envs._lockstep import LockstepVectorEnv
+from robust_envs.envs._lockstep import LockstepVectorEnv, same_device, to_numpy
 from robust_envs.quality import QualityEvaluator, make_evaluator
 
 __all__ = ["ACTIONS", "DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "PrefixCache", "SimulatorStep"]
@@ -135,6 +135,11 @@ class PrefixCache:
 
     def __len__(self) -> int:
         return len(self._store)
+
+    def clear(self) -> None:
+        """Drop every entry and reset the hit / miss counters (a benchmark's cold start)."""
+        self._store.clear()
+        self.hits = self.misses = 0
 
 
 #: One process-wide cache: envs with the same configuration share entries (the key holds the configuration).
@@ -253,7 +258,9 @@ class DDIMSigmaSimulator:
             for g, s in zip(self.generators, torch_seeds, strict=True):
                 g.manual_seed(int(s))
         if self.prefix_pool > 0:
-            picks = [int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators]
+            picks = [
+                int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators
+            ]
             pool_gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in picks]
             x = self._cached_prefix([POOL_SEED_BASE + j for j in picks], pool_gens, restore=False)
         elif self.prefix_cache and torch_seeds is not None:
@@ -306,18 +313,41 @@ class DDIMSigmaSimulator:
         return SimulatorStep(reward=q_a - q_b, q_agent=q_a, q_baseline=q_b, sigma=sigma_a, t=t, terminated=t_prev == 0)
 
 
-def _validated_action(action: Any, num_envs: int) -> np.ndarray:
-    """Actions -> ``(num_envs,)`` float32 in [0, 1]; raises ValueError naming the bad value."""
-    arr = np.asarray(action, dtype=np.float64)
-    if arr.shape not in ((num_envs, 1), (num_envs,)) and not (num_envs == 1 and arr.shape in ((), (1,), (1, 1))):
+def _validated_action(action: Any, num_envs: int, device: torch.device) -> torch.Tensor:
+    """Actions -> ``(num_envs,)`` float32 on ``device`` in [0, 1]; raises naming the bad value and the valid range.
+
+    A numpy array, a Python number or a torch tensor is accepted; a tensor must be floating point and already on
+    ``device`` (no silent host or device copies). Checking a tensor's range reads one bool back from the device.
+
+    Raises:
+        ValueError: on a wrong shape, a value outside [0, 1] or not finite, or a tensor on another device.
+        TypeError: on a tensor that is not floating point.
+    """
+    if isinstance(action, torch.Tensor):
+        if not same_device(action.device, device):
+            raise ValueError(f"action must be a tensor on the env's device {device}, got one on {action.device}")
+        if not action.dtype.is_floating_point:
+            raise TypeError(f"action must be a floating-point tensor with values in [0, 1], got dtype {action.dtype}")
+        shape = tuple(action.shape)
+    else:
+        action = np.asarray(action, dtype=np.float64)
+        shape = action.shape
+    if shape not in ((num_envs, 1), (num_envs,)) and not (num_envs == 1 and shape in ((), (1,), (1, 1))):
         expected = "(1,)" if num_envs == 1 else f"({num_envs}, 1)"
-        raise ValueError(f"action must have shape {expected} (one number per env), got shape {arr.shape}")
-    a = arr.reshape(num_envs)
+        raise ValueError(f"action must have shape {expected} (one number per env), got shape {shape}")
+    if isinstance(action, torch.Tensor):
+        a_t = action.detach().reshape(num_envs)
+        bad_t = ~torch.isfinite(a_t) | (a_t < 0.0) | (a_t > 1.0)
+        if bool(bad_t.any()):
+            i = int(bad_t.nonzero()[0, 0])
+            raise ValueError(f"action must be a finite number in [0, 1]; env {i} got {float(a_t[i])}")
+        return a_t.to(torch.float32)
+    a = action.reshape(num_envs)
     bad = ~np.isfinite(a) | (a < 0.0) | (a > 1.0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"action must be a finite number in [0, 1]; env {i} got {float(a[i])}")
-    return a.astype(np.float32)
+    return torch.as_tensor(a.astype(np.float32), device=device)
 
 
 #: Constructor arguments shared by the single and the vector env, with their defaults (documented on
@@ -367,7 +397,9 @@ class _DDIMSigmaMixin:
         if kw["action"] not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {kw['action']!r}")
         if kw["attack_budget_unit"] not in ("timesteps", "T"):
-            raise ValueError(f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}")
+            raise ValueError(
+                f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}"
+            )
         self.render_mode = render_mode
         dev = _resolve_device(kw["device"])
         noise_model = _get_model(kw["model"], dev)
@@ -406,19 +438,21 @@ class _DDIMSigmaMixin:
         )
         self._single_act_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
 
-    def _obs(self) -> dict[str, np.ndarray]:
-        n = self.sim.num_envs
+    def _obs(self) -> dict[str, torch.Tensor]:
+        """The batched observation as tensors on the device: ``x_t`` ``(N, C, H, W)``, ``t`` ``(N, 1)`` float32."""
+        n, dev = self.sim.num_envs, self.sim.device
         return {
-            "x_t": self.sim.x_agent.detach().float().cpu().numpy(),
-            "t": np.full((n, 1), float(self.sim.t), dtype=np.float32),
+            "x_t": self.sim.x_agent.detach().float().clone(),  # a copy: the caller may write into it
+            "t": torch.full((n, 1), float(self.sim.t), dtype=torch.float32, device=dev),
         }
 
-    def _step_info(self, out: SimulatorStep) -> dict[str, np.ndarray]:
+    def _step_info(self, out: SimulatorStep) -> dict[str, torch.Tensor]:
+        """The step's infos as ``(N,)`` tensors on the device (``q0_*`` added at the end of the episode)."""
         info = {
-            "q_agent": out.q_agent.cpu().numpy(),
-            "q_baseline": out.q_baseline.cpu().numpy(),
-            "sigma": out.sigma.cpu().numpy(),
-            "t": np.full(self.sim.num_envs, out.t, dtype=np.int64),
+            "q_agent": out.q_agent,
+            "q_baseline": out.q_baseline,
+            "sigma": out.sigma,
+            "t": torch.full((self.sim.num_envs,), out.t, dtype=torch.int64, device=self.sim.device),
         }
         if out.terminated:
             info["q0_agent"] = info["q_agent"]
@@ -553,16 +587,15 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
         torch_seeds = [int(self.np_random.integers(0, 2**62))] if (seed is not None or first) else None
         self.sim.reset(torch_seeds)
         self._needs_reset = False
-        return {k: v[0] for k, v in self._obs().items()}, {"t": self.sim.t}
+        return {k: v[0] for k, v in to_numpy(self._obs()).items()}, {"t": self.sim.t}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("DDIMSigmaEnv.step called before reset() or after the episode terminated")
-        a = _validated_action(action, 1)
-        out = self.sim.step(torch.as_tensor(a, device=self.sim.device))
+        out = self.sim.step(_validated_action(action, 1, self.sim.device))
         self._needs_reset = out.terminated
-        info = {k: v[0].item() for k, v in self._step_info(out).items()}
-        obs = {k: v[0] for k, v in self._obs().items()}
+        info = {k: v[0].item() for k, v in to_numpy(self._step_info(out)).items()}
+        obs = {k: v[0] for k, v in to_numpy(self._obs()).items()}
         return obs, float(out.reward[0]), out.terminated, False, info
 
     def render(self) -> np.ndarray | None:  # type: ignore[override]
@@ -578,6 +611,11 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
     ``autoreset_mode`` (``AutoresetMode.NEXT_STEP`` default, or ``SAME_STEP`` for SB3). Sub-env ``i`` seeded
     with ``seed + i`` reproduces ``DDIMSigmaEnv`` reset with that seed, step for step. ``max_episode_steps``
     (passed by ``gym.make_vec``) truncates episodes longer than it. Actions ``(num_envs, 1)`` in [0, 1].
+
+    Two API boundaries serve the same steps: ``reset`` / ``step`` (numpy, Gymnasium's) and ``reset_torch`` /
+    ``step_torch`` (torch tensors on :attr:`device`, no host copy; what
+    :class:`robust_envs.wrappers.TorchVectorEnv` exposes). Either accepts actions as a numpy array or as a
+    floating-point tensor on :attr:`device`.
     """
 
     def __init__(
@@ -624,7 +662,7 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         self._needs_reset = True
 
     def _reset_batch(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
-        torch_seeds = None
+        torch_seeds: list[int] | None = None
         if seed is not None or not self._seeded:
             rngs = [seeding.np_random(None if seed is None else seed + i)[0] for i in range(self.num_envs)]
             torch_seeds = [int(r.integers(0, 2**62)) for r in rngs]
@@ -632,20 +670,23 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         self.sim.reset(torch_seeds)
         self._elapsed = 0
         self._needs_reset = False
-        return self._obs(), {"t": np.full(self.num_envs, self.sim.t, dtype=np.int64)}
+        return self._obs(), {"t": torch.full((self.num_envs,), self.sim.t, dtype=torch.int64, device=self.sim.device)}
 
-    def _step_batch(self, actions: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def _step_batch(self, actions: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool, bool, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("DDIMSigmaVectorEnv.step called before reset()")
-        a = _validated_action(actions, self.num_envs)
-        out = self.sim.step(torch.as_tensor(a, device=self.sim.device))
+        out = self.sim.step(_validated_action(actions, self.num_envs, self.sim.device))
         self._elapsed += 1
-        terminated = np.full(self.num_envs, out.terminated)
-        truncated = np.full(self.num_envs, (not out.terminated) and self.max_episode_steps is not None
-                            and self._elapsed >= self.max_episode_steps)  # fmt: skip
-        self._needs_reset = bool(terminated[0] or truncated[0])
-        rewards = out.reward.cpu().numpy().astype(np.float64)
-        return self._obs(), rewards, terminated, truncated, self._step_info(out)
+        truncated = (
+            (not out.terminated) and self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
+        )
+        self._needs_reset = out.terminated or truncated
+        return self._obs(), out.reward, out.terminated, truncated, self._step_info(out)
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device of the networks, the episode state and every tensor :meth:`step_torch` returns."""
+        return self.sim.device
 
     def render(self) -> tuple[np.ndarray, ...] | None:  # type: ignore[override]
         if self.render_mode != "rgb_array":
