@@ -67,6 +67,8 @@ class Args:
     """'shift' / 'adaptive': timestep units; 'state': Linf radius in model space"""
     defence: str = "none"
     """timestep defence: 'none', 'round' or 'share'"""
+    reward: str = "paper"
+    """env reward: 'paper' (seed 000 Eq. 19-21), 'delta' (shaped: the return is exactly r_1) or 'final'"""
     evaluator: str = "levels"
     """quality evaluator: 'levels' (embedded), 'qalign' (GPU + weights) or a pyiqa NR metric"""
     model: str = "embedded"
@@ -121,7 +123,7 @@ def env_kwargs(args: Any) -> dict[str, Any]:
         "attack_clip": args.attack_clip, "evaluator": args.evaluator, "model": args.model,
         "device": None if args.device == "auto" else args.device,
     }  # fmt: skip
-    for name, default in (("action", "sigma_frac"), ("attack_budget", 0.0), ("defence", "none")):
+    for name, default in (("action", "sigma_frac"), ("attack_budget", 0.0), ("defence", "none"), ("reward", "paper")):
         kw[name] = getattr(args, name, default)
     return kw
 

@@ -206,6 +206,7 @@ def test_bad_vector_actions_raise(kwargs) -> None:
         ({"action": "sigma"}, r"action must be one of \('sigma_frac', 'eta'\)"),
         ({"defence": "clip"}, r"defence must be one of \('none', 'round', 'share'\)"),
         ({"prefix_pool": -1}, "prefix_pool must be >= 0"),
+        ({"reward": "sparse"}, r"reward must be one of \('paper', 'delta', 'final'\)"),
         ({"attack_budget_unit": "s"}, "attack_budget_unit must be 'timesteps' or 'T'"),
         ({"attack_scale": float("nan")}, "attack_scale must be a finite number >= 0"),
         ({"baseline_sigma": -1.0}, "baseline_sigma must be a finite number >= 0"),
@@ -215,6 +216,38 @@ def test_bad_vector_actions_raise(kwargs) -> None:
 def test_bad_arguments_raise(kwargs, override, match) -> None:
     with pytest.raises(ValueError, match=match):
         DDIMSigmaEnv(**{**kwargs, **override})
+
+
+def test_reward_modes_share_the_trajectory_and_delta_telescopes_to_r1(kwargs) -> None:
+    actions = [0.9, 0.2, 0.7, 0.4]
+    runs = {mode: rollout(DDIMSigmaEnv(**kwargs, reward=mode), 3, actions) for mode in ("paper", "delta", "final")}
+    paper_obs, paper_r, paper_info = runs["paper"]
+    for mode in ("delta", "final"):  # the reward mode changes rewards only, never the trajectory
+        obs, _, info = runs[mode]
+        for a, b in zip(paper_obs, obs, strict=True):
+            np.testing.assert_array_equal(a["x_t"], b["x_t"])
+        np.testing.assert_array_equal([i["q_agent"] for i in info], [i["q_agent"] for i in paper_info])
+    diffs = [float(i["q_agent"] - i["q_baseline"]) for i in paper_info]
+    np.testing.assert_allclose(paper_r, diffs, atol=1e-6)  # Eq. 19-21: r_t = D_t
+    assert any(abs(d) > 1e-4 for d in diffs[:-1])  # the test is not vacuous: intermediate differences exist
+    delta_r = runs["delta"][1]
+    np.testing.assert_allclose(delta_r, np.diff([0.0, *diffs]), atol=1e-6)
+    assert sum(delta_r) == pytest.approx(paper_r[-1], abs=1e-5)  # undiscounted return = r_1
+    assert runs["final"][1][:-1] == [0.0, 0.0, 0.0]
+    assert runs["final"][1][-1] == pytest.approx(paper_r[-1])
+
+
+def test_vector_env_delta_reward_resets_with_the_episode(kwargs) -> None:
+    venv = DDIMSigmaVectorEnv(num_envs=2, reward="delta", autoreset_mode=AutoresetMode.SAME_STEP, **kwargs)
+    venv.reset(seed=0)
+    for _ in range(2):  # two episodes: the second starts from D = 0 again
+        total = np.zeros(2)
+        for _ in range(kwargs["t_c"]):
+            _, r, term, _, info = venv.step(np.full((2, 1), 0.8, dtype=np.float32))
+            total += r
+        assert term.all()
+        final = info["final_info"]
+        np.testing.assert_allclose(total, final["q0_agent"] - final["q0_baseline"], atol=1e-5)
 
 
 def test_missing_model_folder_raises(kwargs, tmp_path) -> None:

@@ -39,10 +39,16 @@ from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
 from robust_envs.envs._lockstep import LockstepVectorEnv, same_device, to_numpy
 from robust_envs.quality import QualityEvaluator, make_evaluator
 
-__all__ = ["ACTIONS", "DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "PrefixCache", "SimulatorStep"]
+__all__ = ["ACTIONS", "REWARDS", "DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "PrefixCache", "SimulatorStep"]
 
 #: What the action in [0, 1] means: a fraction of the largest feasible sigma (default) or DDIM's eta.
 ACTIONS = ("sigma_frac", "eta")
+
+#: How the per-step quality difference ``D_t = Q(x0_pred^Ag) - Q(x0_pred^Ba)`` becomes the reward:
+#: ``"paper"`` (seed 000 Eq. 19-21: ``r_t = D_t`` at every step), ``"delta"`` (``r_t = D_t - D_{t+1}``, potential-based
+#: shaping with potential ``D``, Ng et al. 1999: the undiscounted return is exactly the final reward r_1 of Eq. 18) or
+#: ``"final"`` (0 until the last step, then r_1).
+REWARDS = ("paper", "delta", "final")
 
 _MODEL_CACHE: dict[tuple[str, str], NoiseModel] = {}
 _EVALUATOR_CACHE: dict[tuple[str, str], QualityEvaluator] = {}
@@ -187,9 +193,13 @@ class DDIMSigmaSimulator:
         action: str = "sigma_frac",
         prefix_cache: bool = False,
         prefix_pool: int = 0,
+        reward: str = "paper",
     ) -> None:
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        self.reward = reward
         self.num_envs = num_envs
         self.model = model
         self.evaluator = evaluator
@@ -210,6 +220,7 @@ class DDIMSigmaSimulator:
         self.t = 0
         self.x_agent = self.x_baseline = self.eps_agent = self.eps_baseline = torch.empty(0)
         self.x0_agent = self.x0_baseline = torch.empty(0)
+        self.prev_diff = torch.empty(0)  # D_{t+1} of the last step ("delta" reward); 0 at t_c, where both agree
 
     # random draws and network calls -------------------------------------------------------------------
     def _normal(self) -> torch.Tensor:
@@ -268,6 +279,7 @@ class DDIMSigmaSimulator:
         else:
             x = self._prefix(self.generators)
         self.t = self.t_c
+        self.prev_diff = torch.zeros(self.num_envs, device=self.device)  # both trajectories share x_{t_c} and eps
         eps = self._eps(x, self.t_c)
         self.x_agent, self.x_baseline = x, x.clone()
         self.eps_agent, self.eps_baseline = eps, eps.clone()
@@ -310,7 +322,15 @@ class DDIMSigmaSimulator:
         self.x_agent, self.x_baseline = x_a, x_b
         self.x0_agent, self.x0_baseline = x0.chunk(2)
         self.t = t_prev
-        return SimulatorStep(reward=q_a - q_b, q_agent=q_a, q_baseline=q_b, sigma=sigma_a, t=t, terminated=t_prev == 0)
+        diff = q_a - q_b
+        if self.reward == "paper":
+            reward = diff
+        elif self.reward == "delta":
+            reward = diff - (self.prev_diff if self.prev_diff.numel() else torch.zeros_like(diff))
+        else:  # "final"
+            reward = diff if t_prev == 0 else torch.zeros_like(diff)
+        self.prev_diff = diff
+        return SimulatorStep(reward=reward, q_agent=q_a, q_baseline=q_b, sigma=sigma_a, t=t, terminated=t_prev == 0)
 
 
 def _validated_action(action: Any, num_envs: int, device: torch.device) -> torch.Tensor:
@@ -372,6 +392,7 @@ ENV_DEFAULTS: dict[str, Any] = {
     "baseline_sigma": 0.0,
     "prefix_cache": False,
     "prefix_pool": 0,
+    "reward": "paper",
     "render_mode": None,
 }
 
@@ -396,6 +417,8 @@ class _DDIMSigmaMixin:
             raise ValueError(f"prefix_pool must be >= 0 (0: off), got {kw['prefix_pool']}")
         if kw["action"] not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {kw['action']!r}")
+        if kw["reward"] not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {kw['reward']!r}")
         if kw["attack_budget_unit"] not in ("timesteps", "T"):
             raise ValueError(
                 f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}"
@@ -427,6 +450,7 @@ class _DDIMSigmaMixin:
             action=kw["action"],
             prefix_cache=bool(kw["prefix_cache"]),
             prefix_pool=int(kw["prefix_pool"]),
+            reward=kw["reward"],
         )
         self.t_c = int(t_c)
         c, h, w = noise_model.sample_shape
@@ -506,7 +530,12 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``r_t = Q(x0_pred(x_{t-1}^Ag)) - Q(x0_pred(x_{t-1}^Ba))`` for t = t_c..2 (Eq. 19-21) and
     ``r_1 = Q(x_0^Ag) - Q(x_0^Ba)`` at t = 1 (Eq. 16-18). ``Q`` is the evaluator (scores in [1, 5]), so each
     reward lies in [-4, 4]. ``x0_pred`` is seed 000 Eq. 10, computed from the attacked network call that the
-    next transition uses. x0_pred is not clipped to [-1, 1] (as in the DDIM paper; the embedded model's
+    next transition uses. With ``reward="paper"`` (default) that is the reward; ``reward="delta"`` gives
+    ``D_t - D_{t+1}`` instead (``D`` the difference above, 0 at reset: potential-based shaping, Ng et al. 1999),
+    whose undiscounted return is exactly r_1, and ``reward="final"`` gives 0 before t = 1 and r_1 at t = 1. The
+    paper's reward sums the quality of every intermediate x0 prediction, whose best constant schedule differs
+    from the best schedule for r_1, the statistic the paper evaluates (measured in ``docs/sigma_benchmark.md``).
+    x0_pred is not clipped to [-1, 1] (as in the DDIM paper; the embedded model's
     ``scheduler_config.json`` says ``clip_sample: false`` to match), only the images scored are clamped.
 
     ## Starting State
@@ -535,6 +564,7 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     - ``attack_grid`` (int, default 2): ``"adaptive"`` candidates; ``attack_steps`` (int, default 1): ``"state"`` PGD steps.
     - ``defence`` (str, default ``"none"``): ``"round"`` (timestep rounded to the training grid) or
       ``"share"`` (E-TSDM-style sharing inside ``[0, defence_t_share)`` in ``defence_n_share`` intervals).
+    - ``reward`` (str, default ``"paper"``): ``"paper"`` (Eq. 19-21), ``"delta"`` or ``"final"`` (see Rewards).
     - ``evaluator`` (str or QualityEvaluator, default ``"levels"``): see :func:`robust_envs.quality.make_evaluator`.
     - ``model`` (str or NoiseModel, default ``"embedded"``): see :func:`robust_envs.diffusion.load_noise_model`.
     - ``device`` (str, default: CUDA if available, else CPU).
@@ -546,8 +576,9 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     ## Version History
     - v0: initial release; the ``action`` argument (default ``"sigma_frac"``, seed 000's range) and the
-      threats ``"shift"``, ``"adaptive"``, ``"state"`` with the ``defence`` option were added later under the
-      same id; pass ``action="eta"`` for the earlier action.
+      threats ``"shift"``, ``"adaptive"``, ``"state"`` with the ``defence`` option and the ``reward`` option
+      (default ``"paper"``, as before) were added later under the same id; pass ``action="eta"`` for the
+      earlier action.
     """
 
     def __init__(
@@ -571,6 +602,7 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
         baseline_sigma: float = 0.0,
         prefix_cache: bool = False,
         prefix_pool: int = 0,
+        reward: str = "paper",
         render_mode: str | None = None,
     ) -> None:
         kw = {k: v for k, v in locals().items() if k in ENV_DEFAULTS}
@@ -640,6 +672,7 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         baseline_sigma: float = 0.0,
         prefix_cache: bool = False,
         prefix_pool: int = 0,
+        reward: str = "paper",
         render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
