@@ -39,7 +39,15 @@ from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
 from robust_envs.envs._lockstep import LockstepVectorEnv, same_device, to_numpy
 from robust_envs.quality import QualityEvaluator, make_evaluator
 
-__all__ = ["ACTIONS", "REWARDS", "DDIMSigmaEnv", "DDIMSigmaSimulator", "DDIMSigmaVectorEnv", "PrefixCache", "SimulatorStep"]
+__all__ = [
+    "ACTIONS",
+    "REWARDS",
+    "DDIMSigmaEnv",
+    "DDIMSigmaSimulator",
+    "DDIMSigmaVectorEnv",
+    "PrefixCache",
+    "SimulatorStep",
+]
 
 #: What the action in [0, 1] means: a fraction of the largest feasible sigma (default) or DDIM's eta.
 ACTIONS = ("sigma_frac", "eta")
