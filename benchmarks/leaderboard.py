@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.leaderboard run --methods standard pgd_at trades --datasets fashion_mnist --seeds 0 1 2
     python -m benchmarks.leaderboard tables          # regenerate docs/leaderboard.{md,csv,png} from the JSONs
+    python -m benchmarks.leaderboard reevaluate      # re-evaluate entries of an older protocol from their checkpoints
 
 Each entry trains the method (or reuses a finished checkpoint with the same training config), evaluates it
 with :mod:`benchmarks.evaluate`, and writes ``<results>/<dataset>/<method>_seed<seed>.json`` atomically
@@ -11,6 +12,13 @@ with :mod:`benchmarks.evaluate`, and writes ``<results>/<dataset>/<method>_seed<
 JSON already exists with the same fingerprint (training config + protocol), so no finished entry is lost.
 Entries run locally in order (``--engine local``, default; ``--workers N`` for N local processes) or as
 Ray tasks (``--engine ray``; install the ``ray`` extra; ``--ray-address`` joins an existing cluster).
+
+Protocol versions: every entry records ``protocol_version`` (absent: 1), the version of
+:func:`robust_envs.attacks.protocol_suite` its numbers come from. The tables keep entries of different versions
+in separate rows and say which version each row's L2 / L1 columns come from. ``reevaluate`` brings stale entries
+to :data:`robust_envs.attacks.PROTOCOL_VERSION`: one entry at a time, evaluation only (the checkpoint must exist
+and match the entry's training config and sha256; nothing is retrained), each JSON replaced atomically, so an
+interrupted run resumes with the next stale entry; entries already current are not touched.
 """
 
 from __future__ import annotations
@@ -38,9 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
+from benchmarks.evaluate import EvalConfig, EvalResult, eval_subset, evaluate
 from benchmarks.trainers import TRAINERS, get_trainer
-from robust_envs.attacks import radii_for
+from robust_envs.attacks import PROTOCOL_NORMS, PROTOCOL_VERSION, radii_for
 from robust_envs.data import load_dataset
 from robust_envs.fileio import CorruptFileError, read_json, read_torch
 
@@ -52,7 +60,11 @@ __all__ = [
     "load_results",
     "main",
     "read_json_or_warn",
+    "protocol_label",
+    "protocol_version",
     "redo_command",
+    "reevaluate",
+    "reevaluate_entry",
     "run_entry",
     "run_leaderboard",
 ]
@@ -276,18 +288,38 @@ def run_entry(spec: EntrySpec) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
+def _evaluation_fields(spec: EntrySpec, model: torch.nn.Module, cfg: EvalConfig) -> tuple[dict[str, Any], EvalResult]:
+    """Evaluate ``model`` under ``cfg`` and return the entry fields that come from the evaluation."""
+    test = load_dataset(spec.dataset, "test")
+    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = evaluate(model, subset, spec.dataset, cfg, n_classes=test.num_classes)
+    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+    radii = radii_for(spec.dataset)
+    fields: dict[str, Any] = {
+        "protocol_version": cfg.protocol_version,
+        "threat_models": {"Linf": radii.eps_linf, "L2": radii.eps_l2, "L1": radii.eps_l1, "source": radii.source},
+        **result.summary(),
+        "subset_seed": cfg.subset_seed,
+        "eval_config": dataclasses.asdict(cfg),
+        "eval_time_s": eval_time,
+        "eval_cpu_s": eval_cpu,
+        "hardware": _hardware(spec.threads),
+        "library_versions": _versions(),
+        "git": _git_at_import(),
+    }
+    return fields, result
+
+
 def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     device = torch.device("cpu")
     trained = _train_or_load(spec, device)
-    test = load_dataset(spec.dataset, "test")
     cfg = spec.eval_cfg()
-    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = evaluate(trained.model, subset, spec.dataset, cfg, n_classes=test.num_classes)
-    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+    fields, _ = _evaluation_fields(spec, trained.model, cfg)
     trainer_cls = get_trainer(spec.method)
     config = spec.train_config()
-    radii = radii_for(spec.dataset)
+    test = load_dataset(spec.dataset, "test")
+    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
     t1 = time.perf_counter()
     extra = trainer_cls(config).extra_metrics(trained.model, subset, spec.dataset, cfg)
     extra_time = time.perf_counter() - t1
@@ -302,14 +334,9 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
         "seed": spec.seed,
         "epochs": config.epochs,
         "train_config": config.to_dict(),
-        "threat_models": {"Linf": radii.eps_linf, "L2": radii.eps_l2, "L1": radii.eps_l1, "source": radii.source},
-        **result.summary(),
-        "subset_seed": cfg.subset_seed,
-        "eval_config": dataclasses.asdict(cfg),
+        **fields,
         "train_time_s": trained.train_time_s,
         "train_cpu_s": trained.train_cpu_s,
-        "eval_time_s": eval_time,
-        "eval_cpu_s": eval_cpu,
         "extra": extra,
         "extra_time_s": extra_time,
         "checkpoint_reused": trained.reused,
@@ -317,13 +344,149 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
             "path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
         },  # fmt: skip
-        "hardware": _hardware(spec.threads),
-        "library_versions": _versions(),
-        "git": _git_at_import(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(spec.result_path(), record)
     return record
+
+
+# ----------------------------------------------------------------------------------------------- re-evaluation
+def protocol_version(record: dict[str, Any]) -> int:
+    """The protocol version an entry's numbers come from (entries written before versioning: 1)."""
+    return int(record.get("protocol_version", 1))
+
+
+def protocol_label(version: int) -> str:
+    """Short table label: ``"v2"``, or ``"v1 (re-evaluation pending)"`` for an older version."""
+    return f"v{version}" if version >= PROTOCOL_VERSION else f"v{version} (re-evaluation pending)"
+
+
+#: Fields an older record keeps under ``reevaluated.previous`` when it is re-evaluated (the numbers it replaced).
+_PREVIOUS_FIELDS = ("protocol_version", "clean_acc", "attack_acc", "robust_acc", "autoattack_acc", "norm_acc",
+                    "union_acc", "average_acc", "n_combined", "masking", "crosscheck", "eval_time_s", "eval_cpu_s",
+                    "hardware", "library_versions", "git", "created")  # fmt: skip
+
+
+def _spec_of(record: dict[str, Any], results_dir: Path, checkpoint_dir: Path, threads: int) -> EntrySpec:
+    """The :class:`EntrySpec` that reproduces ``record`` under the current protocol version."""
+    eval_cfg = {**record["eval_config"], "protocol_version": PROTOCOL_VERSION}
+    return EntrySpec(
+        method=record["method"], dataset=record["dataset"], seed=int(record["seed"]), results_dir=str(results_dir),
+        checkpoint_dir=str(checkpoint_dir),
+        train_overrides=tuple(sorted((k, v) for k, v in record["train_config"].items() if k != "dataset")),
+        eval_config=tuple(sorted(eval_cfg.items())), threads=threads,
+    )  # fmt: skip
+
+
+def _load_checkpoint(spec: EntrySpec, record: dict[str, Any]) -> torch.nn.Module:
+    """The entry's trained model, restored from its checkpoint; never retrains.
+
+    Raises:
+        FileNotFoundError: when the checkpoint is missing.
+        ValueError: when its sha256 differs from the entry's, or it was trained with another config.
+    """
+    ckpt = spec.checkpoint_path()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{spec.name}: checkpoint {ckpt} missing; re-evaluation needs it (it never retrains)")
+    want = record.get("checkpoint", {}).get("sha256")
+    got = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    if want is not None and want != got:
+        raise ValueError(f"{spec.name}: checkpoint {ckpt} has sha256 {got[:12]}..., the entry names {want[:12]}...")
+    blob = read_torch(ckpt, hint="restore it from git", map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("train_fingerprint") != spec.train_fingerprint():
+        raise ValueError(f"{spec.name}: checkpoint {ckpt} was trained with another config than the entry records")
+    train = load_dataset(spec.dataset, "train")
+    model = get_trainer(spec.method)(spec.train_config()).build_model(train)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def reevaluate_entry(path: Path, checkpoint_dir: Path, threads: int = 1) -> dict[str, Any] | None:
+    """Re-evaluate the entry at ``path`` under the current protocol if it is stale; write it atomically.
+
+    Training fields (config, times, checkpoint) and ``extra`` are kept; every evaluation field is replaced; the
+    replaced numbers are kept under ``reevaluated.previous``. Returns the new record, or None when the entry is
+    already current (then the file is not touched).
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`_load_checkpoint`.
+    """
+    record = read_json(path, hint="redo the entry with `python -m benchmarks.leaderboard run`")
+    if protocol_version(record) >= PROTOCOL_VERSION:
+        return None
+    spec = _spec_of(record, path.parent.parent, checkpoint_dir, threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = _load_checkpoint(spec, record)
+        fields, _ = _evaluation_fields(spec, model, spec.eval_cfg())
+    finally:
+        torch.set_num_threads(previous_threads)
+    previous = {k: record[k] for k in _PREVIOUS_FIELDS if k in record}
+    previous["protocol_version"] = protocol_version(record)
+    new = {k: v for k, v in record.items() if k not in ("crosscheck", "per_point")}
+    new.update(fields)
+    new["fingerprint"] = spec.fingerprint()
+    new["reevaluated"] = {
+        "from_protocol": protocol_version(record),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.leaderboard reevaluate",
+        "note": "evaluation only, from the committed checkpoint; training fields and extra kept",
+        "previous": previous,
+        # every earlier replacement, oldest first (the last one is ``previous``)
+        "history": [*record.get("reevaluated", {}).get("history", []), previous],
+    }
+    atomic_write_json(path, new)
+    return new
+
+
+def reevaluate(
+    results_dir: Path,
+    checkpoint_dir: Path,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    datasets: Sequence[str] | None = None,
+    limit: int | None = None,
+    order: str = "name",
+    threads: int = 1,
+) -> list[str]:
+    """Re-evaluate the stale entries under ``results_dir`` (see :func:`reevaluate_entry`), one at a time.
+
+    Args:
+        methods, seeds, datasets: only entries matching these (None: all).
+        limit: at most this many entries in this call (None: all); the rest stay stale for a later call.
+        order: ``"name"`` or ``"cost"`` (cheapest first, by the entry's recorded ``eval_cpu_s`` / ``eval_time_s``).
+        threads: torch threads.
+
+    Returns:
+        ``<dataset>/<file name>`` of the entries re-evaluated now.
+    """
+    if order not in ("name", "cost"):
+        raise ValueError(f"order must be 'name' or 'cost', got {order!r}")
+    stale: list[tuple[float, Path]] = []
+    for path in sorted(Path(results_dir).glob("*/*.json")):
+        rec = read_json_or_warn(path, redo_command(path))
+        if not isinstance(rec, dict) or not {"method", "dataset", "seed", "robust_acc", "eval_config"} <= set(rec):
+            continue
+        if protocol_version(rec) >= PROTOCOL_VERSION:
+            continue
+        if (
+            (methods and rec["method"] not in methods)
+            or (seeds and int(rec["seed"]) not in seeds)
+            or (datasets and rec["dataset"] not in datasets)
+        ):
+            continue
+        cost = rec.get("eval_cpu_s") or rec.get("eval_time_s") or 0.0
+        stale.append((float(cost), path))
+    if order == "cost":
+        stale.sort(key=lambda t: t[0])
+    done: list[str] = []
+    for _, path in stale[:limit]:
+        t0 = time.perf_counter()
+        if reevaluate_entry(path, checkpoint_dir, threads) is not None:
+            done.append(f"{path.parent.name}/{path.name}")
+            logger.warning("re-evaluated %s in %.0f s", path, time.perf_counter() - t0)
+    return done
 
 
 def _run_spec(spec: Any) -> Any:
@@ -338,7 +501,10 @@ def _run_entry_ray(spec: Any) -> Any:
 
 
 def run_leaderboard(
-    specs: Sequence[Any], engine: str = "local", workers: int = 1, ray_address: str | None = None,
+    specs: Sequence[Any],
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
     desc: str = "leaderboard",
 ) -> list[str]:
     """Run every entry not yet done; return the names of the entries run now.
@@ -639,6 +805,18 @@ def main(argv: list[str] | None = None) -> int:
     tab = sub.add_parser("tables", help="regenerate the tables and plot from the result JSONs")
     tab.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     tab.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    rev = sub.add_parser("reevaluate", help="re-evaluate entries of an older protocol version from their checkpoints")
+    rev.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    rev.add_argument("--checkpoint-dir", default=str(REPO_ROOT / "benchmarks" / "checkpoints"))
+    rev.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    rev.add_argument("--methods", nargs="+", default=None)
+    rev.add_argument("--datasets", nargs="+", default=None)
+    rev.add_argument("--seeds", nargs="+", type=int, default=None)
+    rev.add_argument("--limit", type=int, default=None, help="at most N entries in this call")
+    rev.add_argument("--order", choices=["name", "cost"], default="name", help="cost: cheapest (recorded) first")
+    rev.add_argument("--threads", type=int, default=1, help="torch threads")
+    rev.add_argument("--dry-run", action="store_true", help="list the stale entries and stop")
+    rev.add_argument("--no-tables", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _git_at_import()  # record the commit before any entry runs
@@ -668,6 +846,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ran = run_leaderboard(specs, engine=args.engine, workers=args.workers, ray_address=args.ray_address)
         print(f"ran {len(ran)} entries ({len(specs) - len(ran)} already done) in {time.perf_counter() - t0:.0f}s")
+    if args.command == "reevaluate":
+        if args.dry_run:
+            for path in sorted(Path(args.results_dir).glob("*/*.json")):
+                rec = read_json_or_warn(path, redo_command(path))
+                if isinstance(rec, dict) and "eval_config" in rec and protocol_version(rec) < PROTOCOL_VERSION:
+                    print(
+                        f"stale (v{protocol_version(rec)}): {path} (last evaluation {rec.get('eval_time_s', 0):.0f} s)"
+                    )
+            return 0
+        t0 = time.perf_counter()
+        ran = reevaluate(Path(args.results_dir), Path(args.checkpoint_dir), args.methods, args.seeds, args.datasets,
+                         args.limit, args.order, args.threads)  # fmt: skip
+        print(f"re-evaluated {len(ran)} entries in {time.perf_counter() - t0:.0f}s: {', '.join(ran) or 'none stale'}")
     if args.command == "tables" or not args.no_tables:
         paths = build_tables(Path(args.results_dir), Path(args.docs_dir))
         print("wrote " + ", ".join(str(v) for v in paths.values()))

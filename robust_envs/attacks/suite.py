@@ -107,7 +107,7 @@ def protocol_suite(
         AttackSpec("cw30", "cw_pgd", "Linf", e, 30, e / 4, source="Carlini & Wagner 2017 margin loss; " + adt),
     ]
     if autoattack:
-        specs.append(AttackSpec("autoattack", "autoattack", "Linf", e, 100,
+        specs.append(AttackSpec("autoattack", "autoattack", "Linf", e, 100, autoattack_points=True,
                                 source="Croce & Hein 2020, standard version (torchattacks components)"))  # fmt: skip
     specs += [
         AttackSpec("square", "square", "Linf", e, 1, white_box=False, options={"n_queries": square_queries},
