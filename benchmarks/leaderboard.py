@@ -57,6 +57,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "build_tables",
+    "crosscheck_state",
     "load_results",
     "main",
     "read_json_or_warn",
@@ -613,12 +614,24 @@ def _get(record: dict[str, Any], path: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _groups(records: list[dict[str, Any]]) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+def _groups(records: list[dict[str, Any]]) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
+    """(dataset, method, protocol version, records): entries of different protocol versions never share a row."""
     order = {m: i for i, m in enumerate(TRAINERS)}
-    keys = sorted({(r["dataset"], r["method"]) for r in records}, key=lambda k: (k[0], order.get(k[1], 99), k[1]))
-    for dataset, method in keys:
-        yield dataset, method, sorted([r for r in records if (r["dataset"], r["method"]) == (dataset, method)],
-                                      key=lambda r: r["seed"])  # fmt: skip
+    keys = sorted({(r["dataset"], r["method"], protocol_version(r)) for r in records},
+                  key=lambda k: (k[0], order.get(k[1], 99), k[1], -k[2]))  # fmt: skip
+    for dataset, method, version in keys:
+        recs = [r for r in records if (r["dataset"], r["method"], protocol_version(r)) == (dataset, method, version)]
+        yield dataset, method, version, sorted(recs, key=lambda r: r["seed"])
+
+
+def crosscheck_state(record: dict[str, Any]) -> str:
+    """``"flagged"``, ``"ok"`` or ``"unchecked"``: the entry's second-library cross-check of its current numbers
+    (a check made against an older protocol version does not count).
+    """
+    cc = record.get("crosscheck")
+    if not isinstance(cc, dict) or cc.get("protocol_version", 1) != protocol_version(record):
+        return "unchecked"
+    return "flagged" if cc.get("flag") else "ok"
 
 
 def _stats(values: list[float | None]) -> tuple[float, float] | None:
@@ -630,7 +643,10 @@ def _stats(values: list[float | None]) -> tuple[float, float] | None:
 
 def _protocol_check(drows: list[dict[str, Any]]) -> str:
     """The issue-4 sanity check, computed: adversarial training must beat Standard on A_rob without masking."""
-    by = {r["method"]: r for r in drows}
+    by: dict[str, dict[str, Any]] = {}
+    for r in drows:  # A_rob (Linf) is the same under every protocol version: use the row with the most seeds
+        if r["method"] not in by or r["seeds"] > by[r["method"]]["seeds"]:
+            by[r["method"]] = r
     std = by.get("standard")
     if std is None or std["A_rob"] is None:
         return ""
@@ -673,8 +689,9 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"no result JSON under {results_dir}/<dataset>/*.json; run the leaderboard first")
     groups = list(_groups(records))
     rows: list[dict[str, Any]] = []
-    for dataset, method, recs in groups:
-        row: dict[str, Any] = {"dataset": dataset, "method": method, "paper": recs[0]["paper"],
+    for dataset, method, version, recs in groups:
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "protocol_version": version,
+                               "paper": recs[0]["paper"],
                                "architecture": recs[0]["architecture"], "seeds": len(recs),
                                "epochs": recs[0]["epochs"], "n_eval": recs[0]["n_eval"],
                                "n_autoattack": recs[0]["n_autoattack"]}  # fmt: skip
@@ -684,6 +701,9 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         tt = _stats([r["train_time_s"] for r in recs])
         row["train_time_s"] = tt
         row["masking_flags"] = sum(bool(r["masking"] and r["masking"]["any"]) for r in recs)
+        states = [crosscheck_state(r) for r in recs]
+        row["crosscheck_flags"] = states.count("flagged")
+        row["crosscheck_checked"] = len(states) - states.count("unchecked")
         rows.append(row)
     docs_dir.mkdir(parents=True, exist_ok=True)
     # Markdown
@@ -693,7 +713,14 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
               "do not edit by hand. Accuracies in %, mean +- std over seeds (ddof = 1; one seed: its value). "
               "A_rob: per-point worst case over all Linf attacks; L2, L1: per-point worst case in that norm; "
               "Union: worst case over all norms; Avg: mean of Linf (A_rob), L2 and L1. "
-              "Masking: entries with any gradient-masking flag.\n")  # fmt: skip
+              "Masking: entries with any gradient-masking flag. Protocol: the evaluation protocol version the row's "
+              "entries were evaluated under (entries of different versions never share a row; the versions differ "
+              "only in L2 and L1, so those columns and Union / Avg are not comparable across versions). "
+              "ART check: entries whose robust accuracy in some norm under the Adversarial Robustness Toolbox's "
+              "attacks is more than 2 points below the protocol's beyond sampling error (`python -m "
+              "benchmarks.crosscheck`, docs/evaluation.md), out of the entries checked.\n\nProtocol versions: "
+              + "; ".join(f"v{v}: L2 = {n['L2']}, L1 = {n['L1']}" for v, n in sorted(PROTOCOL_NORMS.items()))
+              + f" (current: v{PROTOCOL_VERSION}; older rows await `python -m benchmarks.leaderboard reevaluate`).\n")  # fmt: skip
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         drows = [r for r in rows if r["dataset"] == dataset]
         radii = next(rec["threat_models"] for rec in records if rec["dataset"] == dataset)
@@ -705,19 +732,24 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
                   f"on the {first['n_combined']} points every attack ran on, the other columns on all "
                   f"{first['n_eval']}. Hardware: {first['hardware']['cpu']}, {first['hardware']['torch_threads']} "
                   "torch thread(s) per entry; times are wall-clock seconds.\n\n")  # fmt: skip
-        headers = ["Method", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)", "Masking"]
+        headers = ["Method", "Protocol", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)",
+                   "Masking", "ART check"]  # fmt: skip
         out.write("| " + " | ".join(headers) + " |\n")
-        out.write("|" + "|".join(["---"] * 4 + ["---:"] * (len(COLUMNS) + 1) + ["---"]) + "|\n")
+        out.write("|" + "|".join(["---"] * 5 + ["---:"] * (len(COLUMNS) + 1) + ["---", "---"]) + "|\n")
         for r in drows:
-            cells = [r["method"], r["architecture"], str(r["seeds"]), str(r["epochs"])]
+            cells = [r["method"], protocol_label(r["protocol_version"]), r["architecture"], str(r["seeds"]),
+                     str(r["epochs"])]  # fmt: skip
             one = r["seeds"] == 1  # no spread from a single seed: print the value alone
             cells += ["-" if r[h] is None else f"{r[h][0]:.1f}" if one else f"{r[h][0]:.1f} +- {r[h][1]:.1f}"
                       for _, h in COLUMNS]  # fmt: skip
             tt = r["train_time_s"]
             cells.append(f"{tt[0]:.0f}" if one else f"{tt[0]:.0f} +- {tt[1]:.0f}")
             cells.append(f"{r['masking_flags']}/{r['seeds']}")
+            checked = r["crosscheck_checked"]
+            cells.append(f"{r['crosscheck_flags']}/{checked} flagged" if checked else "not run")
             out.write("| " + " | ".join(cells) + " |\n")
-        out.write("\nMethods: " + "; ".join(f"`{r['method']}`: {r['paper']}" for r in drows) + ".\n")
+        papers = {r["method"]: r["paper"] for r in drows}
+        out.write("\nMethods: " + "; ".join(f"`{m}`: {p}" for m, p in papers.items()) + ".\n")
         out.write(_protocol_check(drows))
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
     paths = {
@@ -729,15 +761,17 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     # CSV
     buf = io.StringIO()
     writer = csv.writer(buf)
-    head = ["dataset", "method", "architecture", "seeds", "epochs", "n_eval", "n_autoattack"]
+    head = ["dataset", "method", "protocol_version", "architecture", "seeds", "epochs", "n_eval", "n_autoattack"]
     for _, h in COLUMNS:
         head += [f"{h}_mean", f"{h}_std"]
-    writer.writerow(head + ["train_time_s_mean", "train_time_s_std", "masking_flags"])
+    writer.writerow(head + ["train_time_s_mean", "train_time_s_std", "masking_flags", "crosscheck_flags",
+                            "crosscheck_checked"])  # fmt: skip
     for r in rows:
-        line = [r[k] for k in head[:7]]
+        line = [r[k] for k in head[:8]]
         for _, h in COLUMNS:
             line += ["" if r[h] is None else f"{r[h][0]:.2f}", "" if r[h] is None else f"{r[h][1]:.2f}"]
-        writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"]])
+        writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"],
+                                r["crosscheck_flags"], r["crosscheck_checked"]])  # fmt: skip
     atomic_write_bytes(paths["csv"], buf.getvalue().encode())
     # Plot: clean vs robust per method; per data set one panel for A_rob (Linf worst case) and one for union
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -745,14 +779,17 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     colors = plt.get_cmap("tab20").colors
     for panel_row, dataset in zip(axes, datasets, strict=True):
         drows = [r for r in rows if r["dataset"] == dataset]
+        methods = list(dict.fromkeys(r["method"] for r in drows))
         for ax, (key, title) in zip(panel_row, (("A_rob", "A_rob (Linf worst case)"), ("Union", "union over norms")),
                                     strict=True):  # fmt: skip
-            for i, r in enumerate(drows):
+            for r in drows:
                 if r[key] is None:
                     continue
-                color = colors[i % len(colors)]
+                color = colors[methods.index(r["method"]) % len(colors)]
+                old = r["protocol_version"] < PROTOCOL_VERSION
                 ax.errorbar(r["Clean"][0], r[key][0], xerr=r["Clean"][1], yerr=r[key][1], fmt="o", color=color,
-                            capsize=3, label=f"{r['method']} (n={r['seeds']})")  # fmt: skip
+                            capsize=3, mfc="none" if old else color,
+                            label=f"{r['method']} v{r['protocol_version']} (n={r['seeds']})")  # fmt: skip
                 ax.annotate(r["method"], (r["Clean"][0], r[key][0]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=color)  # fmt: skip
             ax.set_xlabel("clean accuracy (%)")
@@ -760,7 +797,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             ax.set_title(f"{dataset}: {title}")
             ax.grid(alpha=0.3)
         panel_row[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Clean vs robust accuracy (mean +- std over seeds)")
+    fig.suptitle(f"Clean vs robust accuracy (mean +- std over seeds); hollow: protocol older than v{PROTOCOL_VERSION}")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
