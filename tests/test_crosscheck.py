@@ -80,3 +80,23 @@ def test_crosscheck_flags_an_inflated_entry_and_shows_it_in_the_tables(tmp_path:
     row = next(line for line in md.splitlines() if line.startswith("| standard |"))
     flagged = sum(r["flag"] for r in results.values())
     assert row.rstrip().endswith(f"| {flagged}/3 flagged |")
+
+
+@pytest.mark.slow
+def test_art_catches_a_gradient_masked_model_that_the_ce_attack_misses() -> None:
+    """Saturated softmax (logits x 1e4): PGD-L2 on the cross-entropy gets no gradient; ART's DLR loss is scale-free."""
+    pytest.importorskip("art", reason="the cross-check needs ART: pip install 'robust-envs[art]'")
+    from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
+    from robust_envs.attacks import protocol_suite, radii_for
+    from robust_envs.data import load_dataset
+    from tests._classifier_models import ScaledLogits, trained_digits_model
+
+    masked = ScaledLogits(trained_digits_model("standard"), 1e4).eval()
+    sub = eval_subset(load_dataset("digits", "test"), 40, seed=0)
+    suite = [s for s in protocol_suite("digits", autoattack=False) if s.key in ("fgsm", "pgd_l2")]
+    res = evaluate(masked, sub, "digits", EvalConfig(n_eval=40, autoattack=False), suite=suite)
+    protocol = res.clean & res.table["pgd_l2"]
+    cfg = crosscheck.CrossCheckConfig(n_points=40, max_iter=20, norms=("L2",))
+    art, _, _ = crosscheck.art_robust(masked, sub.images, sub.labels, {"L2": radii_for("digits").eps_l2}, cfg)
+    verdict = crosscheck.noninferiority_test(art["L2"], protocol)
+    assert verdict["flag"], verdict
