@@ -5,8 +5,9 @@ Protocol (issue 4; seeds 001 and 002):
 1. A fixed, seeded evaluation subset of the test split (1,000 points by default, all on request).
 2. Clean accuracy, then every attack of :func:`robust_envs.attacks.protocol_suite` on every point:
    Linf FGSM, PGD-20, PGD-100, MIM-20, C&W (PGD-30 on the margin loss), AutoAttack standard (headline),
-   Square (black-box); L2 PGD-50; L1 SLIDE. A point counts as robust to an attack only if it is also
-   classified correctly when clean.
+   Square (black-box); L2 PGD-50; L1 SLIDE; from protocol version 2 (issue 14) also AutoAttack-L2 (APGD-CE,
+   APGD-T, FAB-T, Square in L2) and L1-APGD (CE and T), on the AutoAttack points. A point counts as robust to an
+   attack only if it is also classified correctly when clean.
 3. Metrics (:func:`robustness_metrics`): accuracy per attack; ``A_rob`` = per-point worst case over all
    Linf attacks (ADT's column); per-norm accuracy = per-point worst case over that norm's attacks;
    union = per-point worst case over all norms, average = mean of the per-norm accuracies (MNG-AC's
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robust_envs.attacks import AttackSpec, correct_under_attack, protocol_suite
+from robust_envs.attacks import PROTOCOL_VERSION, AttackSpec, correct_under_attack, protocol_suite
 from robust_envs.data import ImageSplit
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "EvalSubset",
     "MaskingFlags",
     "RobustnessMetrics",
+    "decode_bits",
+    "encode_bits",
     "eval_subset",
     "evaluate",
     "input_gradient_norms",
@@ -70,6 +73,8 @@ class EvalConfig:
         grad_frac_tol: the near-zero-gradient flag is raised when more than this fraction of clean-correct
             points have zero gradient.
         autoattack: include AutoAttack (False only for quick tests).
+        protocol_version: version of :func:`robust_envs.attacks.protocol_suite` (1: L2 PGD-50 and L1 SLIDE only;
+            2: plus AutoAttack-L2 and L1-APGD). Part of the entry fingerprint.
     """
 
     n_eval: int | None = 1000
@@ -82,6 +87,7 @@ class EvalConfig:
     grad_tol: float = 1e-10
     grad_frac_tol: float = 0.05
     autoattack: bool = True
+    protocol_version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
         if self.n_eval is not None and self.n_eval < 1:
@@ -107,6 +113,16 @@ class EvalSubset:
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
+
+
+def encode_bits(mask: np.ndarray) -> str:
+    """A ``(N,)`` bool array as hex of ``np.packbits`` (big bit order): 250 characters for 1,000 points."""
+    return np.packbits(np.asarray(mask, dtype=bool)).tobytes().hex()
+
+
+def decode_bits(text: str, n: int) -> np.ndarray:
+    """Inverse of :func:`encode_bits`: the ``(n,)`` bool array."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8))[:n].astype(bool)
 
 
 def eval_subset(split: ImageSplit, n: int | None = 1000, seed: int = 0) -> EvalSubset:
@@ -335,6 +351,14 @@ class EvalResult:
             "attack_time_s": self.attack_time_s,
             "masking": None if self.flags is None else asdict(self.flags),
             "grad_norm_median": self.grad_norm_median,
+            # per-point outcomes (subset order), so that a later protocol change or a cross-check can be paired
+            "per_point": {
+                "encoding": "hex of numpy.packbits(bool array), big bit order; benchmarks.evaluate.decode_bits",
+                "n": self.n_eval,
+                "clean": encode_bits(self.clean),
+                "correct": {k: encode_bits(v) for k, v in self.table.items()},
+                "evaluated": {k: int(v.sum()) for k, v in self.evaluated.items()},
+            },
         }
 
 
@@ -363,7 +387,11 @@ def evaluate(
         :class:`EvalResult`.
     """
     cfg = config or EvalConfig()
-    specs = list(suite) if suite is not None else protocol_suite(dataset, cfg.square_queries, cfg.autoattack)
+    specs = (
+        list(suite)
+        if suite is not None
+        else protocol_suite(dataset, cfg.square_queries, cfg.autoattack, version=cfg.protocol_version)
+    )
     device = next(model.parameters()).device
     model.eval()
     x, y = subset.images.to(device), subset.labels.to(device)
@@ -372,14 +400,14 @@ def evaluate(
     table: dict[str, np.ndarray] = {}
     evaluated: dict[str, np.ndarray] = {}
     times: dict[str, float] = {}
-    has_aa = any(s.attack == "autoattack" for s in specs)
+    has_aa = any(s.autoattack_points for s in specs)
     n_aa = 0 if not has_aa else (n if cfg.n_autoattack is None else min(cfg.n_autoattack, n))
     for spec in specs:
         if on_attack is not None:
             on_attack(spec.key)
         torch.manual_seed(cfg.attack_seed)
         attack = spec.build(model, seed=cfg.attack_seed, n_classes=n_classes)
-        limit = n_aa if spec.attack == "autoattack" else n
+        limit = n_aa if spec.autoattack_points else n
         t0 = time.perf_counter()
         # attack only clean-correct points (the others count as non-robust anyway); saves time
         todo = np.flatnonzero(clean[:limit])

@@ -4,6 +4,7 @@ Usage::
 
     python -m benchmarks.leaderboard run --methods standard pgd_at trades --datasets fashion_mnist --seeds 0 1 2
     python -m benchmarks.leaderboard tables          # regenerate docs/leaderboard.{md,csv,png} from the JSONs
+    python -m benchmarks.leaderboard reevaluate      # re-evaluate entries of an older protocol from their checkpoints
 
 Each entry trains the method (or reuses a finished checkpoint with the same training config), evaluates it
 with :mod:`benchmarks.evaluate`, and writes ``<results>/<dataset>/<method>_seed<seed>.json`` atomically
@@ -11,6 +12,13 @@ with :mod:`benchmarks.evaluate`, and writes ``<results>/<dataset>/<method>_seed<
 JSON already exists with the same fingerprint (training config + protocol), so no finished entry is lost.
 Entries run locally in order (``--engine local``, default; ``--workers N`` for N local processes) or as
 Ray tasks (``--engine ray``; install the ``ray`` extra; ``--ray-address`` joins an existing cluster).
+
+Protocol versions: every entry records ``protocol_version`` (absent: 1), the version of
+:func:`robust_envs.attacks.protocol_suite` its numbers come from. The tables keep entries of different versions
+in separate rows and say which version each row's L2 / L1 columns come from. ``reevaluate`` brings stale entries
+to :data:`robust_envs.attacks.PROTOCOL_VERSION`: one entry at a time, evaluation only (the checkpoint must exist
+and match the entry's training config and sha256; nothing is retrained), each JSON replaced atomically, so an
+interrupted run resumes with the next stale entry; entries already current are not touched.
 """
 
 from __future__ import annotations
@@ -38,9 +46,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
+from benchmarks.evaluate import EvalConfig, EvalResult, eval_subset, evaluate
 from benchmarks.trainers import TRAINERS, get_trainer
-from robust_envs.attacks import radii_for
+from robust_envs.attacks import PROTOCOL_NORMS, PROTOCOL_VERSION, radii_for
 from robust_envs.data import load_dataset
 from robust_envs.fileio import CorruptFileError, read_json, read_torch
 
@@ -49,10 +57,15 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "build_tables",
+    "crosscheck_state",
     "load_results",
     "main",
     "read_json_or_warn",
+    "protocol_label",
+    "protocol_version",
     "redo_command",
+    "reevaluate",
+    "reevaluate_entry",
     "run_entry",
     "run_leaderboard",
 ]
@@ -276,18 +289,38 @@ def run_entry(spec: EntrySpec) -> dict[str, Any]:
         torch.set_num_threads(previous_threads)
 
 
+def _evaluation_fields(spec: EntrySpec, model: torch.nn.Module, cfg: EvalConfig) -> tuple[dict[str, Any], EvalResult]:
+    """Evaluate ``model`` under ``cfg`` and return the entry fields that come from the evaluation."""
+    test = load_dataset(spec.dataset, "test")
+    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = evaluate(model, subset, spec.dataset, cfg, n_classes=test.num_classes)
+    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+    radii = radii_for(spec.dataset)
+    fields: dict[str, Any] = {
+        "protocol_version": cfg.protocol_version,
+        "threat_models": {"Linf": radii.eps_linf, "L2": radii.eps_l2, "L1": radii.eps_l1, "source": radii.source},
+        **result.summary(),
+        "subset_seed": cfg.subset_seed,
+        "eval_config": dataclasses.asdict(cfg),
+        "eval_time_s": eval_time,
+        "eval_cpu_s": eval_cpu,
+        "hardware": _hardware(spec.threads),
+        "library_versions": _versions(),
+        "git": _git_at_import(),
+    }
+    return fields, result
+
+
 def _run_entry(spec: EntrySpec) -> dict[str, Any]:
     device = torch.device("cpu")
     trained = _train_or_load(spec, device)
-    test = load_dataset(spec.dataset, "test")
     cfg = spec.eval_cfg()
-    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = evaluate(trained.model, subset, spec.dataset, cfg, n_classes=test.num_classes)
-    eval_time, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
+    fields, _ = _evaluation_fields(spec, trained.model, cfg)
     trainer_cls = get_trainer(spec.method)
     config = spec.train_config()
-    radii = radii_for(spec.dataset)
+    test = load_dataset(spec.dataset, "test")
+    subset = eval_subset(test, cfg.n_eval, cfg.subset_seed)
     t1 = time.perf_counter()
     extra = trainer_cls(config).extra_metrics(trained.model, subset, spec.dataset, cfg)
     extra_time = time.perf_counter() - t1
@@ -302,14 +335,9 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
         "seed": spec.seed,
         "epochs": config.epochs,
         "train_config": config.to_dict(),
-        "threat_models": {"Linf": radii.eps_linf, "L2": radii.eps_l2, "L1": radii.eps_l1, "source": radii.source},
-        **result.summary(),
-        "subset_seed": cfg.subset_seed,
-        "eval_config": dataclasses.asdict(cfg),
+        **fields,
         "train_time_s": trained.train_time_s,
         "train_cpu_s": trained.train_cpu_s,
-        "eval_time_s": eval_time,
-        "eval_cpu_s": eval_cpu,
         "extra": extra,
         "extra_time_s": extra_time,
         "checkpoint_reused": trained.reused,
@@ -317,13 +345,149 @@ def _run_entry(spec: EntrySpec) -> dict[str, Any]:
             "path": os.path.relpath(ckpt, REPO_ROOT) if ckpt.is_absolute() else str(ckpt),
             "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
         },  # fmt: skip
-        "hardware": _hardware(spec.threads),
-        "library_versions": _versions(),
-        "git": _git_at_import(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     atomic_write_json(spec.result_path(), record)
     return record
+
+
+# ----------------------------------------------------------------------------------------------- re-evaluation
+def protocol_version(record: dict[str, Any]) -> int:
+    """The protocol version an entry's numbers come from (entries written before versioning: 1)."""
+    return int(record.get("protocol_version", 1))
+
+
+def protocol_label(version: int) -> str:
+    """Short table label: ``"v2"``, or ``"v1 (re-evaluation pending)"`` for an older version."""
+    return f"v{version}" if version >= PROTOCOL_VERSION else f"v{version} (re-evaluation pending)"
+
+
+#: Fields an older record keeps under ``reevaluated.previous`` when it is re-evaluated (the numbers it replaced).
+_PREVIOUS_FIELDS = ("protocol_version", "clean_acc", "attack_acc", "robust_acc", "autoattack_acc", "norm_acc",
+                    "union_acc", "average_acc", "n_combined", "masking", "crosscheck", "eval_time_s", "eval_cpu_s",
+                    "hardware", "library_versions", "git", "created")  # fmt: skip
+
+
+def _spec_of(record: dict[str, Any], results_dir: Path, checkpoint_dir: Path, threads: int) -> EntrySpec:
+    """The :class:`EntrySpec` that reproduces ``record`` under the current protocol version."""
+    eval_cfg = {**record["eval_config"], "protocol_version": PROTOCOL_VERSION}
+    return EntrySpec(
+        method=record["method"], dataset=record["dataset"], seed=int(record["seed"]), results_dir=str(results_dir),
+        checkpoint_dir=str(checkpoint_dir),
+        train_overrides=tuple(sorted((k, v) for k, v in record["train_config"].items() if k != "dataset")),
+        eval_config=tuple(sorted(eval_cfg.items())), threads=threads,
+    )  # fmt: skip
+
+
+def _load_checkpoint(spec: EntrySpec, record: dict[str, Any]) -> torch.nn.Module:
+    """The entry's trained model, restored from its checkpoint; never retrains.
+
+    Raises:
+        FileNotFoundError: when the checkpoint is missing.
+        ValueError: when its sha256 differs from the entry's, or it was trained with another config.
+    """
+    ckpt = spec.checkpoint_path()
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{spec.name}: checkpoint {ckpt} missing; re-evaluation needs it (it never retrains)")
+    want = record.get("checkpoint", {}).get("sha256")
+    got = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    if want is not None and want != got:
+        raise ValueError(f"{spec.name}: checkpoint {ckpt} has sha256 {got[:12]}..., the entry names {want[:12]}...")
+    blob = read_torch(ckpt, hint="restore it from git", map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("train_fingerprint") != spec.train_fingerprint():
+        raise ValueError(f"{spec.name}: checkpoint {ckpt} was trained with another config than the entry records")
+    train = load_dataset(spec.dataset, "train")
+    model = get_trainer(spec.method)(spec.train_config()).build_model(train)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()
+
+
+def reevaluate_entry(path: Path, checkpoint_dir: Path, threads: int = 1) -> dict[str, Any] | None:
+    """Re-evaluate the entry at ``path`` under the current protocol if it is stale; write it atomically.
+
+    Training fields (config, times, checkpoint) and ``extra`` are kept; every evaluation field is replaced; the
+    replaced numbers are kept under ``reevaluated.previous``. Returns the new record, or None when the entry is
+    already current (then the file is not touched).
+
+    Raises:
+        FileNotFoundError, ValueError: from :func:`_load_checkpoint`.
+    """
+    record = read_json(path, hint="redo the entry with `python -m benchmarks.leaderboard run`")
+    if protocol_version(record) >= PROTOCOL_VERSION:
+        return None
+    spec = _spec_of(record, path.parent.parent, checkpoint_dir, threads)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = _load_checkpoint(spec, record)
+        fields, _ = _evaluation_fields(spec, model, spec.eval_cfg())
+    finally:
+        torch.set_num_threads(previous_threads)
+    previous = {k: record[k] for k in _PREVIOUS_FIELDS if k in record}
+    previous["protocol_version"] = protocol_version(record)
+    new = {k: v for k, v in record.items() if k not in ("crosscheck", "per_point")}
+    new.update(fields)
+    new["fingerprint"] = spec.fingerprint()
+    new["reevaluated"] = {
+        "from_protocol": protocol_version(record),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarks.leaderboard reevaluate",
+        "note": "evaluation only, from the committed checkpoint; training fields and extra kept",
+        "previous": previous,
+        # every earlier replacement, oldest first (the last one is ``previous``)
+        "history": [*record.get("reevaluated", {}).get("history", []), previous],
+    }
+    atomic_write_json(path, new)
+    return new
+
+
+def reevaluate(
+    results_dir: Path,
+    checkpoint_dir: Path,
+    methods: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    datasets: Sequence[str] | None = None,
+    limit: int | None = None,
+    order: str = "name",
+    threads: int = 1,
+) -> list[str]:
+    """Re-evaluate the stale entries under ``results_dir`` (see :func:`reevaluate_entry`), one at a time.
+
+    Args:
+        methods, seeds, datasets: only entries matching these (None: all).
+        limit: at most this many entries in this call (None: all); the rest stay stale for a later call.
+        order: ``"name"`` or ``"cost"`` (cheapest first, by the entry's recorded ``eval_cpu_s`` / ``eval_time_s``).
+        threads: torch threads.
+
+    Returns:
+        ``<dataset>/<file name>`` of the entries re-evaluated now.
+    """
+    if order not in ("name", "cost"):
+        raise ValueError(f"order must be 'name' or 'cost', got {order!r}")
+    stale: list[tuple[float, Path]] = []
+    for path in sorted(Path(results_dir).glob("*/*.json")):
+        rec = read_json_or_warn(path, redo_command(path))
+        if not isinstance(rec, dict) or not {"method", "dataset", "seed", "robust_acc", "eval_config"} <= set(rec):
+            continue
+        if protocol_version(rec) >= PROTOCOL_VERSION:
+            continue
+        if (
+            (methods and rec["method"] not in methods)
+            or (seeds and int(rec["seed"]) not in seeds)
+            or (datasets and rec["dataset"] not in datasets)
+        ):
+            continue
+        cost = rec.get("eval_cpu_s") or rec.get("eval_time_s") or 0.0
+        stale.append((float(cost), path))
+    if order == "cost":
+        stale.sort(key=lambda t: t[0])
+    done: list[str] = []
+    for _, path in stale[:limit]:
+        t0 = time.perf_counter()
+        if reevaluate_entry(path, checkpoint_dir, threads) is not None:
+            done.append(f"{path.parent.name}/{path.name}")
+            logger.warning("re-evaluated %s in %.0f s", path, time.perf_counter() - t0)
+    return done
 
 
 def _run_spec(spec: Any) -> Any:
@@ -338,7 +502,10 @@ def _run_entry_ray(spec: Any) -> Any:
 
 
 def run_leaderboard(
-    specs: Sequence[Any], engine: str = "local", workers: int = 1, ray_address: str | None = None,
+    specs: Sequence[Any],
+    engine: str = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
     desc: str = "leaderboard",
 ) -> list[str]:
     """Run every entry not yet done; return the names of the entries run now.
@@ -447,12 +614,24 @@ def _get(record: dict[str, Any], path: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _groups(records: list[dict[str, Any]]) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+def _groups(records: list[dict[str, Any]]) -> Iterator[tuple[str, str, int, list[dict[str, Any]]]]:
+    """(dataset, method, protocol version, records): entries of different protocol versions never share a row."""
     order = {m: i for i, m in enumerate(TRAINERS)}
-    keys = sorted({(r["dataset"], r["method"]) for r in records}, key=lambda k: (k[0], order.get(k[1], 99), k[1]))
-    for dataset, method in keys:
-        yield dataset, method, sorted([r for r in records if (r["dataset"], r["method"]) == (dataset, method)],
-                                      key=lambda r: r["seed"])  # fmt: skip
+    keys = sorted({(r["dataset"], r["method"], protocol_version(r)) for r in records},
+                  key=lambda k: (k[0], order.get(k[1], 99), k[1], -k[2]))  # fmt: skip
+    for dataset, method, version in keys:
+        recs = [r for r in records if (r["dataset"], r["method"], protocol_version(r)) == (dataset, method, version)]
+        yield dataset, method, version, sorted(recs, key=lambda r: r["seed"])
+
+
+def crosscheck_state(record: dict[str, Any]) -> str:
+    """``"flagged"``, ``"ok"`` or ``"unchecked"``: the entry's second-library cross-check of its current numbers
+    (a check made against an older protocol version does not count).
+    """
+    cc = record.get("crosscheck")
+    if not isinstance(cc, dict) or cc.get("protocol_version", 1) != protocol_version(record):
+        return "unchecked"
+    return "flagged" if cc.get("flag") else "ok"
 
 
 def _stats(values: list[float | None]) -> tuple[float, float] | None:
@@ -464,7 +643,10 @@ def _stats(values: list[float | None]) -> tuple[float, float] | None:
 
 def _protocol_check(drows: list[dict[str, Any]]) -> str:
     """The issue-4 sanity check, computed: adversarial training must beat Standard on A_rob without masking."""
-    by = {r["method"]: r for r in drows}
+    by: dict[str, dict[str, Any]] = {}
+    for r in drows:  # A_rob (Linf) is the same under every protocol version: use the row with the most seeds
+        if r["method"] not in by or r["seeds"] > by[r["method"]]["seeds"]:
+            by[r["method"]] = r
     std = by.get("standard")
     if std is None or std["A_rob"] is None:
         return ""
@@ -507,8 +689,9 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         raise FileNotFoundError(f"no result JSON under {results_dir}/<dataset>/*.json; run the leaderboard first")
     groups = list(_groups(records))
     rows: list[dict[str, Any]] = []
-    for dataset, method, recs in groups:
-        row: dict[str, Any] = {"dataset": dataset, "method": method, "paper": recs[0]["paper"],
+    for dataset, method, version, recs in groups:
+        row: dict[str, Any] = {"dataset": dataset, "method": method, "protocol_version": version,
+                               "paper": recs[0]["paper"],
                                "architecture": recs[0]["architecture"], "seeds": len(recs),
                                "epochs": recs[0]["epochs"], "n_eval": recs[0]["n_eval"],
                                "n_autoattack": recs[0]["n_autoattack"]}  # fmt: skip
@@ -518,6 +701,9 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         tt = _stats([r["train_time_s"] for r in recs])
         row["train_time_s"] = tt
         row["masking_flags"] = sum(bool(r["masking"] and r["masking"]["any"]) for r in recs)
+        states = [crosscheck_state(r) for r in recs]
+        row["crosscheck_flags"] = states.count("flagged")
+        row["crosscheck_checked"] = len(states) - states.count("unchecked")
         rows.append(row)
     docs_dir.mkdir(parents=True, exist_ok=True)
     # Markdown
@@ -527,7 +713,14 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
               "do not edit by hand. Accuracies in %, mean +- std over seeds (ddof = 1; one seed: its value). "
               "A_rob: per-point worst case over all Linf attacks; L2, L1: per-point worst case in that norm; "
               "Union: worst case over all norms; Avg: mean of Linf (A_rob), L2 and L1. "
-              "Masking: entries with any gradient-masking flag.\n")  # fmt: skip
+              "Masking: entries with any gradient-masking flag. Protocol: the evaluation protocol version the row's "
+              "entries were evaluated under (entries of different versions never share a row; the versions differ "
+              "only in L2 and L1, so those columns and Union / Avg are not comparable across versions). "
+              "ART check: entries whose robust accuracy in some norm under the Adversarial Robustness Toolbox's "
+              "attacks is more than 2 points below the protocol's beyond sampling error (`python -m "
+              "benchmarks.crosscheck`, docs/evaluation.md), out of the entries checked.\n\nProtocol versions: "
+              + "; ".join(f"v{v}: L2 = {n['L2']}, L1 = {n['L1']}" for v, n in sorted(PROTOCOL_NORMS.items()))
+              + f" (current: v{PROTOCOL_VERSION}; older rows await `python -m benchmarks.leaderboard reevaluate`).\n")  # fmt: skip
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         drows = [r for r in rows if r["dataset"] == dataset]
         radii = next(rec["threat_models"] for rec in records if rec["dataset"] == dataset)
@@ -539,19 +732,24 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
                   f"on the {first['n_combined']} points every attack ran on, the other columns on all "
                   f"{first['n_eval']}. Hardware: {first['hardware']['cpu']}, {first['hardware']['torch_threads']} "
                   "torch thread(s) per entry; times are wall-clock seconds.\n\n")  # fmt: skip
-        headers = ["Method", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)", "Masking"]
+        headers = ["Method", "Protocol", "Arch", "Seeds", "Epochs", *[h for _, h in COLUMNS], "Train time (s)",
+                   "Masking", "ART check"]  # fmt: skip
         out.write("| " + " | ".join(headers) + " |\n")
-        out.write("|" + "|".join(["---"] * 4 + ["---:"] * (len(COLUMNS) + 1) + ["---"]) + "|\n")
+        out.write("|" + "|".join(["---"] * 5 + ["---:"] * (len(COLUMNS) + 1) + ["---", "---"]) + "|\n")
         for r in drows:
-            cells = [r["method"], r["architecture"], str(r["seeds"]), str(r["epochs"])]
+            cells = [r["method"], protocol_label(r["protocol_version"]), r["architecture"], str(r["seeds"]),
+                     str(r["epochs"])]  # fmt: skip
             one = r["seeds"] == 1  # no spread from a single seed: print the value alone
             cells += ["-" if r[h] is None else f"{r[h][0]:.1f}" if one else f"{r[h][0]:.1f} +- {r[h][1]:.1f}"
                       for _, h in COLUMNS]  # fmt: skip
             tt = r["train_time_s"]
             cells.append(f"{tt[0]:.0f}" if one else f"{tt[0]:.0f} +- {tt[1]:.0f}")
             cells.append(f"{r['masking_flags']}/{r['seeds']}")
+            checked = r["crosscheck_checked"]
+            cells.append(f"{r['crosscheck_flags']}/{checked} flagged" if checked else "not run")
             out.write("| " + " | ".join(cells) + " |\n")
-        out.write("\nMethods: " + "; ".join(f"`{r['method']}`: {r['paper']}" for r in drows) + ".\n")
+        papers = {r["method"]: r["paper"] for r in drows}
+        out.write("\nMethods: " + "; ".join(f"`{m}`: {p}" for m, p in papers.items()) + ".\n")
         out.write(_protocol_check(drows))
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
     paths = {
@@ -563,15 +761,17 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     # CSV
     buf = io.StringIO()
     writer = csv.writer(buf)
-    head = ["dataset", "method", "architecture", "seeds", "epochs", "n_eval", "n_autoattack"]
+    head = ["dataset", "method", "protocol_version", "architecture", "seeds", "epochs", "n_eval", "n_autoattack"]
     for _, h in COLUMNS:
         head += [f"{h}_mean", f"{h}_std"]
-    writer.writerow(head + ["train_time_s_mean", "train_time_s_std", "masking_flags"])
+    writer.writerow(head + ["train_time_s_mean", "train_time_s_std", "masking_flags", "crosscheck_flags",
+                            "crosscheck_checked"])  # fmt: skip
     for r in rows:
-        line = [r[k] for k in head[:7]]
+        line = [r[k] for k in head[:8]]
         for _, h in COLUMNS:
             line += ["" if r[h] is None else f"{r[h][0]:.2f}", "" if r[h] is None else f"{r[h][1]:.2f}"]
-        writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"]])
+        writer.writerow(line + [f"{r['train_time_s'][0]:.1f}", f"{r['train_time_s'][1]:.1f}", r["masking_flags"],
+                                r["crosscheck_flags"], r["crosscheck_checked"]])  # fmt: skip
     atomic_write_bytes(paths["csv"], buf.getvalue().encode())
     # Plot: clean vs robust per method; per data set one panel for A_rob (Linf worst case) and one for union
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -579,14 +779,17 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     colors = plt.get_cmap("tab20").colors
     for panel_row, dataset in zip(axes, datasets, strict=True):
         drows = [r for r in rows if r["dataset"] == dataset]
+        methods = list(dict.fromkeys(r["method"] for r in drows))
         for ax, (key, title) in zip(panel_row, (("A_rob", "A_rob (Linf worst case)"), ("Union", "union over norms")),
                                     strict=True):  # fmt: skip
-            for i, r in enumerate(drows):
+            for r in drows:
                 if r[key] is None:
                     continue
-                color = colors[i % len(colors)]
+                color = colors[methods.index(r["method"]) % len(colors)]
+                old = r["protocol_version"] < PROTOCOL_VERSION
                 ax.errorbar(r["Clean"][0], r[key][0], xerr=r["Clean"][1], yerr=r[key][1], fmt="o", color=color,
-                            capsize=3, label=f"{r['method']} (n={r['seeds']})")  # fmt: skip
+                            capsize=3, mfc="none" if old else color,
+                            label=f"{r['method']} v{r['protocol_version']} (n={r['seeds']})")  # fmt: skip
                 ax.annotate(r["method"], (r["Clean"][0], r[key][0]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=color)  # fmt: skip
             ax.set_xlabel("clean accuracy (%)")
@@ -594,7 +797,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
             ax.set_title(f"{dataset}: {title}")
             ax.grid(alpha=0.3)
         panel_row[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle("Clean vs robust accuracy (mean +- std over seeds)")
+    fig.suptitle(f"Clean vs robust accuracy (mean +- std over seeds); hollow: protocol older than v{PROTOCOL_VERSION}")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=110)
@@ -639,6 +842,18 @@ def main(argv: list[str] | None = None) -> int:
     tab = sub.add_parser("tables", help="regenerate the tables and plot from the result JSONs")
     tab.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
     tab.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    rev = sub.add_parser("reevaluate", help="re-evaluate entries of an older protocol version from their checkpoints")
+    rev.add_argument("--results-dir", default=str(REPO_ROOT / "benchmarks" / "results"))
+    rev.add_argument("--checkpoint-dir", default=str(REPO_ROOT / "benchmarks" / "checkpoints"))
+    rev.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
+    rev.add_argument("--methods", nargs="+", default=None)
+    rev.add_argument("--datasets", nargs="+", default=None)
+    rev.add_argument("--seeds", nargs="+", type=int, default=None)
+    rev.add_argument("--limit", type=int, default=None, help="at most N entries in this call")
+    rev.add_argument("--order", choices=["name", "cost"], default="name", help="cost: cheapest (recorded) first")
+    rev.add_argument("--threads", type=int, default=1, help="torch threads")
+    rev.add_argument("--dry-run", action="store_true", help="list the stale entries and stop")
+    rev.add_argument("--no-tables", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _git_at_import()  # record the commit before any entry runs
@@ -668,6 +883,19 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         ran = run_leaderboard(specs, engine=args.engine, workers=args.workers, ray_address=args.ray_address)
         print(f"ran {len(ran)} entries ({len(specs) - len(ran)} already done) in {time.perf_counter() - t0:.0f}s")
+    if args.command == "reevaluate":
+        if args.dry_run:
+            for path in sorted(Path(args.results_dir).glob("*/*.json")):
+                rec = read_json_or_warn(path, redo_command(path))
+                if isinstance(rec, dict) and "eval_config" in rec and protocol_version(rec) < PROTOCOL_VERSION:
+                    print(
+                        f"stale (v{protocol_version(rec)}): {path} (last evaluation {rec.get('eval_time_s', 0):.0f} s)"
+                    )
+            return 0
+        t0 = time.perf_counter()
+        ran = reevaluate(Path(args.results_dir), Path(args.checkpoint_dir), args.methods, args.seeds, args.datasets,
+                         args.limit, args.order, args.threads)  # fmt: skip
+        print(f"re-evaluated {len(ran)} entries in {time.perf_counter() - t0:.0f}s: {', '.join(ran) or 'none stale'}")
     if args.command == "tables" or not args.no_tables:
         paths = build_tables(Path(args.results_dir), Path(args.docs_dir))
         print("wrote " + ", ".join(str(v) for v in paths.values()))

@@ -114,19 +114,52 @@ def _missing_block(missing: list[str]) -> list[str]:
     ]
 
 
+def _versions(recs: Sequence[dict[str, Any]]) -> str:
+    """The protocol version(s) of ``recs`` as a table cell (``v1 (pending)``, ``v2``, ``mixed v1/v2``)."""
+    from benchmarks.leaderboard import protocol_version
+    from robust_envs.attacks import PROTOCOL_VERSION
+
+    vs = sorted({protocol_version(r) for r in recs})
+    if not vs:
+        return "—"
+    if len(vs) > 1:
+        return "mixed " + "/".join(f"v{v}" for v in vs)
+    return f"v{vs[0]}" + (" (pending)" if vs[0] < PROTOCOL_VERSION else "")
+
+
+def _versions_note(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> list[str]:
+    """A paragraph saying which protocol version the L2, L1, union and average columns come from."""
+    from benchmarks.leaderboard import protocol_version
+    from robust_envs.attacks import PROTOCOL_NORMS, PROTOCOL_VERSION
+
+    recs = [r for m in methods for r in groups.get(m, [])]
+    old = sorted({protocol_version(r) for r in recs if protocol_version(r) < PROTOCOL_VERSION})
+    if not old:
+        return []
+    n_old = sum(protocol_version(r) < PROTOCOL_VERSION for r in recs)
+    desc = "; ".join(
+        f"v{v}: L2 = {PROTOCOL_NORMS[v]['L2']}, L1 = {PROTOCOL_NORMS[v]['L1']}" for v in (*old, PROTOCOL_VERSION)
+    )
+    return [f"**Protocol versions.** {n_old} of the {len(recs)} entries on this page were evaluated under an older "
+            f"protocol ({desc}); their L2, L1, union and average numbers overstate robustness against the current "
+            f"v{PROTOCOL_VERSION} attacks (docs/evaluation.md) until `python -m benchmarks.leaderboard reevaluate` "
+            "has run. The `protocol` column says which version each row comes from; rows never mix versions "
+            "silently (`mixed` marks a row that does).", ""]  # fmt: skip
+
+
 def _protocol_table(groups: dict[str, list[dict[str, Any]]], methods: Sequence[str]) -> list[str]:
     cols = [("clean", "clean_acc"), ("Linf", "norm_acc.Linf"), ("L1", "norm_acc.L1"), ("L2", "norm_acc.L2"),
             ("union", "union_acc"), ("average", "average_acc"), ("A_rob", "robust_acc"), ("AutoAttack", "autoattack_acc")]  # fmt: skip
-    lines = ["| method | " + " | ".join(c for c, _ in cols) + " | training time (s) | masking flags |",
-             "|---" * (len(cols) + 3) + "|"]  # fmt: skip
+    lines = ["| method | protocol | " + " | ".join(c for c, _ in cols) + " | training time (s) | masking flags |",
+             "|---" * (len(cols) + 4) + "|"]  # fmt: skip
     for m in methods:
         recs = groups.get(m, [])
         if not recs:
-            lines.append(f"| {m} | " + " | ".join("—" for _ in cols) + " | — | — |")
+            lines.append(f"| {m} | — | " + " | ".join("—" for _ in cols) + " | — | — |")
             continue
         t = stat(recs, "train_time_s")
         flags = sum(bool(r.get("masking", {}).get("any")) for r in recs)
-        lines.append(f"| {m} | " + " | ".join(stat(recs, p).pct() for _, p in cols)
+        lines.append(f"| {m} | {_versions(recs)} | " + " | ".join(stat(recs, p).pct() for _, p in cols)
                      + f" | {t.mean:.0f} ± {t.std:.0f} | {flags}/{len(recs)} |")  # fmt: skip
     return lines + [""]
 
@@ -200,6 +233,7 @@ def dverge_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
              f"{dataset}/*.json`; do not edit by hand. Method: `benchmarks/trainers/dverge.py` (seed 004, "
              "Yang et al. 2020). Values: accuracy in %, mean ± sample std over seeds (n = seeds present).", ""]  # fmt: skip
     lines += _missing_block(_missing(groups, DVERGE_METHODS, seeds))
+    lines += _versions_note(groups, ["standard", "pgd_at", *DVERGE_METHODS])
     lines += ["## Full protocol", ""] + _protocol_table(groups, ["standard", "pgd_at", *DVERGE_METHODS])
     for method, seed_table in zip(DVERGE_METHODS, SEED_DVERGE_TABLES, strict=True):
         recs = [r for r in groups.get(method, []) if isinstance(r.get("extra"), dict) and "accuracy" in r["extra"]]
@@ -264,14 +298,17 @@ def mng_ac_report(groups: dict[str, list[dict[str, Any]]], dataset: str, seeds: 
              "Madaan et al. 2021; Adv_avg / Adv_max of Tramer & Boneh 2019; MSD of Maini et al. 2020). Accuracy "
              "in %, mean ± sample std over seeds (n = seeds present).", ""]  # fmt: skip
     lines += _missing_block(_missing(groups, ["pgd_at", "adv_avg", "adv_max", "msd", "mng_ac"], seeds))
-    lines += ["## The seed's columns", "", "| method | clean | Linf | L1 | L2 | union | average | training time (s) |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += _versions_note(groups, ["pgd_at", *methods])
+    lines += ["## The seed's columns", "",
+              "| method | protocol | clean | Linf | L1 | L2 | union | average | training time (s) |",
+              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     paths = ["clean_acc", "norm_acc.Linf", "norm_acc.L1", "norm_acc.L2", "union_acc", "average_acc"]
     for m in methods:
         recs = groups.get(m, [])
         t = stat(recs, "train_time_s")
         time_s = f"{t.mean:.0f} ± {t.std:.0f}" if t.n else "—"
-        lines.append(f"| {m} | " + " | ".join(stat(recs, p).pct() for p in paths) + f" | {time_s} |")
+        lines.append(f"| {m} | {_versions(recs)} | " + " | ".join(stat(recs, p).pct() for p in paths)
+                     + f" | {time_s} |")  # fmt: skip
     lines += ["", "Seed 002's CIFAR-10 table (WRN-28-10; time in hours on a GPU) for comparison:", "",
               "| row | clean | Linf | L1 | L2 | union | average | time (h) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     lines += [f"| {k} | " + " | ".join(f"{v:g}" for v in row) + " |" for k, row in SEED_MNG_AC_TABLE.items()]

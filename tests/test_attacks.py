@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
+from benchmarks.evaluate import EvalConfig, eval_subset, evaluate
 from robust_envs.attacks import (
+    APGDL1,
     ATTACK_NAMES,
     ATTACK_NORMS,
     MSD,
@@ -14,9 +19,11 @@ from robust_envs.attacks import (
     msd_candidates,
     perturbation_norm,
     project_l1_ball,
+    project_l1_box,
     protocol_suite,
     radii_for,
 )
+from robust_envs.data import load_dataset
 from tests._classifier_models import correct_test_points, trained_digits_model
 
 # cheaper settings than the protocol's, same code paths
@@ -29,6 +36,8 @@ FAST = {
     "slide": {"steps": 30},
     "square": {"n_queries": 300},
     "autoattack": {"steps": 10, "square_queries": 100},
+    "autoattack_l2": {"steps": 10, "square_queries": 100},
+    "apgd_l1": {"steps": 20, "n_target_classes": 2},
 }
 
 
@@ -120,8 +129,20 @@ def test_margin_loss_hand_values() -> None:
 
 
 def test_protocol_suite_and_radii() -> None:
-    keys = [s.key for s in protocol_suite("fashion_mnist")]
-    assert keys == ["fgsm", "pgd20", "pgd100", "mim20", "cw30", "autoattack", "square", "pgd_l2", "slide_l1"]
+    v1 = ["fgsm", "pgd20", "pgd100", "mim20", "cw30", "autoattack", "square", "pgd_l2", "slide_l1"]
+    assert [s.key for s in protocol_suite("fashion_mnist", version=1)] == v1
+    v2 = protocol_suite("fashion_mnist")
+    assert [s.key for s in v2] == [*v1, "autoattack_l2", "apgd_l1"]
+    # Linf is unchanged between versions; the new attacks run at the protocol's L2 / L1 radii on the AutoAttack points
+    assert [s for s in v2 if s.norm == "Linf"] == [
+        s for s in protocol_suite("fashion_mnist", version=1) if s.norm == "Linf"
+    ]
+    by = {s.key: s for s in v2}
+    assert (by["autoattack_l2"].norm, by["autoattack_l2"].eps, by["autoattack_l2"].steps) == ("L2", 1.7, 100)
+    assert (by["apgd_l1"].norm, by["apgd_l1"].eps) == ("L1", 12.0)
+    assert {k for k, s in by.items() if s.autoattack_points} == {"autoattack", "autoattack_l2", "apgd_l1"}
+    with pytest.raises(ValueError, match="valid"):
+        protocol_suite("fashion_mnist", version=7)
     fm = radii_for("fashion_mnist")
     assert (fm.eps_linf, fm.eps_l2, fm.eps_l1) == (0.1, 1.7, 12.0)
     c10 = radii_for("cifar10")
@@ -180,3 +201,69 @@ def test_msd_attack_in_union_of_balls_and_stronger_than_one_norm(model_and_point
         MSD(model, eps_l2=-1.0)
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
         MSD(model, steps=0)
+
+
+def _bisection_l1_box(x: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """Reference: bisection on the multiplier of clip(soft(v, lam), -x, 1 - x) (float64, 200 halvings)."""
+    x, v = x.double().flatten(), v.double().flatten()
+    at = lambda lam: torch.maximum(torch.minimum(v.sign() * (v.abs() - lam).clamp_min(0), 1 - x), -x)  # noqa: E731
+    if float(at(0.0).abs().sum()) <= eps:
+        return at(0.0)
+    lo, hi = 0.0, float(v.abs().max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if float(at(mid).abs().sum()) <= eps else (mid, hi)
+    return at(hi)
+
+
+def test_project_l1_box_is_the_projection_onto_ball_and_box() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 6, 6, generator=gen)
+    x[x < 0.4] = 0.0  # many pixels on the box boundary, as in Fashion-MNIST
+    v = torch.randn(8, 1, 6, 6, generator=gen) * torch.tensor([0.01, 0.1, 0.5, 1, 2, 3, 0.05, 1]).view(-1, 1, 1, 1)
+    for eps in (0.5, 3.0, 20.0):
+        out = project_l1_box(x, v, eps)
+        assert float(out.flatten(1).abs().sum(1).max()) <= eps * (1 + 1e-6)
+        assert float((x + out).min()) >= 0.0 and float((x + out).max()) <= 1.0
+        for i in range(8):
+            torch.testing.assert_close(
+                out[i].flatten().double(), _bisection_l1_box(x[i], v[i], eps), atol=1e-5, rtol=1e-4
+            )
+    with pytest.raises(ValueError, match="> 0"):
+        project_l1_box(x, v, 0.0)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr-targeted"])
+def test_apgd_l1_respects_its_ball_and_the_box_and_is_as_strong_as_slide(loss: str, model_and_points) -> None:
+    model, x, y = model_and_points
+    eps = RADII["digits"].eps_l1
+    adv = APGDL1(model, eps=eps, steps=20, loss=loss, n_target_classes=2, seed=0)(x, y)
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    assert float(perturbation_norm(adv, x, "L1").max()) <= eps * (1 + 1e-5)
+    torch.manual_seed(0)
+    adv_slide = make_attack("slide", model, eps, steps=20, alpha=eps / 8)(x, y)
+    with torch.no_grad():
+        acc = float((model(adv).argmax(1) == y).float().mean())
+        acc_slide = float((model(adv_slide).argmax(1) == y).float().mean())
+    # on these 32 points SLIDE leaves about 0.5; L1-APGD must be in the same range (measured 0.4-0.6)
+    assert acc <= acc_slide + 0.2, f"L1-APGD ({loss}) left {acc}, SLIDE {acc_slide}"
+    with pytest.raises(ValueError, match="loss"):
+        APGDL1(model, eps=1.0, loss="hinge")
+
+
+@pytest.mark.slow
+def test_l2_worst_case_over_the_ensemble_never_exceeds_pgd_l2() -> None:
+    """Version 2's L2 column is the per-point worst case over PGD-50 and AutoAttack-L2: never above PGD-L2 alone."""
+    model = trained_digits_model("standard")
+    sub = eval_subset(load_dataset("digits", "test"), 40, seed=0)
+    suite = [s for s in protocol_suite("digits", square_queries=50) if s.norm == "L2" or s.key == "fgsm"]
+    suite = [dataclasses.replace(s, steps=5, options={"square_queries": 50}) if s.key == "autoattack_l2"
+             else dataclasses.replace(s, steps=20) if s.key == "pgd_l2" else s for s in suite]  # fmt: skip
+    assert {s.key for s in suite} == {"fgsm", "pgd_l2", "autoattack_l2"}
+    res = evaluate(model, sub, "digits", EvalConfig(n_eval=40, n_autoattack=30), suite=suite)
+    common = np.arange(40) < 30
+    pgd_only = res.table["pgd_l2"] & res.clean
+    assert res.metrics.norm_acc["L2"] <= float(pgd_only[common].mean())
+    l2 = res.table["pgd_l2"] & res.table["autoattack_l2"] & res.clean
+    assert res.metrics.norm_acc["L2"] == pytest.approx(float(l2[common].mean()))
+    assert not res.table["autoattack_l2"][30:].any() or res.evaluated["autoattack_l2"][30:].sum() == 0

@@ -8,6 +8,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from robust_envs.attacks.apgd_l1 import APGDL1Ensemble
 from robust_envs.attacks.autoattack import autoattack_standard
 from robust_envs.attacks.margin_pgd import MarginPGD
 from robust_envs.attacks.slide import SLIDE
@@ -24,6 +25,8 @@ ATTACK_NORMS: dict[str, str] = {
     "square": "Linf",
     "pgd_l2": "L2",
     "slide": "L1",
+    "autoattack_l2": "L2",
+    "apgd_l1": "L1",
 }
 ATTACK_NAMES = tuple(ATTACK_NORMS)
 
@@ -46,6 +49,11 @@ def make_attack(
             - ``"autoattack"``: AutoAttack standard, Linf, with the reference settings
               (:func:`autoattack_standard`); keywords ``n_classes`` (10), ``square_queries`` (5,000);
               ``steps`` here is APGD / FAB's iteration count and defaults to the reference 100.
+            - ``"autoattack_l2"``: AutoAttack standard in L2 (Croce & Hein 2020: APGD-CE, APGD-T, FAB-T, Square,
+              all with ``norm="L2"``), same components and keywords as ``"autoattack"``.
+            - ``"apgd_l1"``: AutoAttack's L1 version, L1-APGD-CE then L1-APGD-T (Croce & Hein 2021,
+              :class:`APGDL1Ensemble`); ``steps`` per run (default here: the reference 100); keyword
+              ``n_target_classes`` (9).
             - ``"square"``: Square Attack (Andriushchenko et al. 2020), black-box, Linf, torchattacks;
               keyword ``n_queries`` (default 5,000).
         model: classifier taking ``(N, C, H, W)`` float in [0, 1].
@@ -54,7 +62,7 @@ def make_attack(
         alpha: step size (default ``2.5 * eps / steps``, Madry et al. 2018; MIM: ``eps / steps``).
         seed: seed of AutoAttack and Square (PGD-type random starts draw from torch's global generator).
         **kwargs: attack-specific options named above (``q``, ``random_start``, ``n_classes``,
-            ``square_queries``, ``n_queries``).
+            ``square_queries``, ``n_queries``, ``n_target_classes``).
 
     Raises:
         ValueError: on an unknown name (listing :data:`ATTACK_NAMES`), a Linf eps outside [0, 1], a
@@ -87,9 +95,12 @@ def make_attack(
     if name == "square":
         return torchattacks.Square(model, norm="Linf", eps=eps, n_queries=kwargs.pop("n_queries", 5000), n_restarts=1,
                                    seed=seed)  # fmt: skip
-    # autoattack: the legacy default steps=40 of this signature means "reference settings" (100)
+    if name == "apgd_l1":
+        return APGDL1Ensemble(model, eps=eps, steps=100 if steps == 40 else steps,
+                              n_target_classes=kwargs.pop("n_target_classes", 9), seed=seed)  # fmt: skip
+    # autoattack(_l2): the legacy default steps=40 of this signature means "reference settings" (100)
     return autoattack_standard(
-        model, eps=eps, norm="Linf", n_classes=kwargs.pop("n_classes", 10), seed=seed,
+        model, eps=eps, norm=norm, n_classes=kwargs.pop("n_classes", 10), seed=seed,
         steps=100 if steps == 40 else steps, square_queries=kwargs.pop("square_queries", 5000),
     )  # fmt: skip
 
