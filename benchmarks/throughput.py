@@ -37,17 +37,22 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "throughput.json"
 DOC = ROOT / "docs" / "throughput.md"
 
+#: The clock every rate is timed with: wall time (``--clock wall``, default) or the process's CPU time
+#: (``--clock cpu``: on a shared machine the work done, not the share of the cores the process got; with one
+#: torch thread both agree on an idle machine).
+_CLOCK = time.perf_counter
+
 
 def steps_per_second(venv: gym.vector.VectorEnv, episodes: int, t_c: int, seed: int) -> float:
     """Env steps (sub-env transitions) per second over ``episodes`` full episodes, resets included."""
     n = venv.num_envs
     action = np.full((n, 1), 0.5, dtype=np.float32)
-    start = time.perf_counter()
+    start = _CLOCK()
     for e in range(episodes):
         venv.reset(seed=seed + 1000 * e)
         for _ in range(t_c):
             venv.step(action)
-    return n * episodes * t_c / (time.perf_counter() - start)
+    return n * episodes * t_c / (_CLOCK() - start)
 
 
 def floor_steps_per_second(kwargs: dict[str, Any], n: int, repeats: int = 5) -> float:
@@ -58,12 +63,12 @@ def floor_steps_per_second(kwargs: dict[str, Any], n: int, repeats: int = 5) -> 
     x = torch.randn(2 * n, *model.sample_shape, device=device)
     t = torch.full((2 * n,), 5.0, device=device)
     model(x, t)  # warm-up
-    start = time.perf_counter()
+    start = _CLOCK()
     for _ in range(repeats):
         evaluator(((model(x, t) + 1) / 2).clamp(0, 1))
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return n * repeats / (time.perf_counter() - start)
+    return n * repeats / (_CLOCK() - start)
 
 
 def episodes_per_second(venv: gym.vector.VectorEnv, episodes: int, t_c: int, seed: int) -> float:
@@ -84,14 +89,14 @@ def episode_floor(kwargs: dict[str, Any], n: int, repeats: int = 2) -> dict[str,
     x2 = torch.randn(2 * n, *model.sample_shape, device=device)
     t1, t2 = torch.full((n,), 500.0, device=device), torch.full((2 * n,), 5.0, device=device)
     model(x1, t1)  # warm-up
-    start = time.perf_counter()
+    start = _CLOCK()
     for _ in range(repeats):
         model(x1, t1)
-    per_prefix_forward = (time.perf_counter() - start) / repeats
-    start = time.perf_counter()
+    per_prefix_forward = (_CLOCK() - start) / repeats
+    start = _CLOCK()
     for _ in range(repeats):
         evaluator(((model(x2, t2) + 1) / 2).clamp(0, 1))
-    per_step = (time.perf_counter() - start) / repeats
+    per_step = (_CLOCK() - start) / repeats
     return {"prefix_s": k * per_prefix_forward, "steps_s": t_c * per_step, "episode_s": k * per_prefix_forward + t_c * per_step}
 
 
@@ -120,15 +125,17 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "## Per episode: the prefix above t_c, and the prefix pool", "",
                   "Episodes per second (each of N samples); floor = the prefix's forwards on N plus t_c forwards and "
                   "scorer calls on 2N; `prefix_pool=N` skips the prefix once the pool is filled (a warm-up reset "
-                  "fills it). One run per row: compare within a row.", "",
+                  "fills it). One run per row: compare within a row."
+                  + (f" Measured by `python -m benchmarks.throughput {m['pool_argv']}` ({m['pool_hardware']})."
+                     if m.get("pool_argv") else ""), "",
                   "| t_c | num_envs | batched (episodes/s) | batched + prefix_pool (episodes/s) | pool speed-up | "
                   "episode floor (episodes/s) | prefix share of the floor | batched / floor | pooled / floor without prefix |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in data["pool_rows"]:
-            f = r["floor"]
-            lines.append(f"| {r['t_c']} | {r['num_envs']} | {r['batched']:.3f} | {r['pooled']:.3f} | "
-                         f"{r['pooled'] / r['batched']:.2f}x | {1 / f['episode_s']:.3f} | {f['prefix_s'] / f['episode_s']:.2f} | "
-                         f"{r['batched'] * f['episode_s']:.2f} | {r['pooled'] * f['steps_s']:.2f} |")  # fmt: skip
+            f, n = r["floor"], r["num_envs"]  # floor seconds are per batch of n episodes; rates count episodes
+            lines.append(f"| {r['t_c']} | {n} | {r['batched']:.3f} | {r['pooled']:.3f} | "
+                         f"{r['pooled'] / r['batched']:.2f}x | {n / f['episode_s']:.3f} | {f['prefix_s'] / f['episode_s']:.2f} | "
+                         f"{r['batched'] * f['episode_s'] / n:.2f} | {r['pooled'] * f['steps_s'] / n:.2f} |")  # fmt: skip
         lines += ["", "The pool trades x_T diversity for speed: P pool entries give P distinct x_{t_c} per configuration "
                   "(the steps from t_c down keep their own random draws). The learners train with P = 256; every "
                   "evaluation uses fresh x_T (the exact prefix cache)."]  # fmt: skip
@@ -149,7 +156,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-t-c", type=int, nargs="*", default=[10, 60])
     parser.add_argument("--pool-num-envs", type=int, default=64)
     parser.add_argument("--skip-sync", action="store_true", help="only the per-episode (prefix pool) table")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="time rates in wall or process CPU time")
     ns = parser.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.perf_counter if ns.clock == "wall" else time.process_time
     kwargs = {"t_c": ns.t_c, "stride": ns.stride, "evaluator": ns.evaluator, "model": ns.model, "device": ns.device}
     rows = []
     for n in [] if ns.skip_sync else ns.num_envs:
@@ -173,15 +183,25 @@ def main(argv: list[str] | None = None) -> None:
         pool_rows.append(row)
         print(row, flush=True)
     device = _resolve_device(ns.device)
+    old_meta: dict[str, Any] = {}
     if ns.skip_sync and RESULTS.is_file():
         from benchmarks.leaderboard import read_json_or_warn
 
         old = read_json_or_warn(RESULTS, "rerun without --skip-sync to redo the SyncVectorEnv rows") or {}
         rows = old.get("rows", [])
-    meta = {"argv": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "t_c": ns.t_c,
-            "stride": ns.stride, "episodes": ns.episodes, "evaluator": ns.evaluator, "model": ns.model,
-            "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-                        f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"}  # fmt: skip
+        old_meta = {k: v for k, v in old.get("meta", {}).items() if not k.startswith("pool_")}
+    hardware = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+                f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {ns.clock} clock")  # fmt: skip
+    argv_text = " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    if ns.skip_sync and old_meta:  # the per-step table keeps the run that measured it
+        meta = {**old_meta, "pool_argv": argv_text, "pool_hardware": hardware}
+        data = {"meta": meta, "rows": rows, "pool_rows": pool_rows}
+        RESULTS.write_text(json.dumps(data, indent=2))
+        DOC.write_text(render(data))
+        print(DOC.read_text())
+        return
+    meta = {"argv": argv_text, "t_c": ns.t_c, "stride": ns.stride, "episodes": ns.episodes,
+            "evaluator": ns.evaluator, "model": ns.model, "hardware": hardware}  # fmt: skip
     data = {"meta": meta, "rows": rows, "pool_rows": pool_rows}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2))
