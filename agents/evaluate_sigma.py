@@ -125,7 +125,7 @@ def evaluate_policy(
             ret += reward
             terminated = bool(term.all())
             bar.update(n)
-        parts["r1"].append(reward.astype(np.float64))
+        parts["r1"].append((info["q0_agent"] - info["q0_baseline"]).astype(np.float64))  # Eq. 18, whatever the reward option
         parts["ret"].append(ret)
         parts["qa"].append(info["q0_agent"].astype(np.float64))
         parts["qb"].append(info["q0_baseline"].astype(np.float64))

@@ -34,6 +34,15 @@ def test_eta_zero_policy_scores_exactly_zero_and_schedules_share_draws(env_kwarg
     assert (tmp_path / "fig.png").stat().st_size > 0
 
 
+def test_r1_does_not_depend_on_the_reward_option(env_kwargs) -> None:
+    results = {mode: evaluate_policy(mode, ConstantAction(0.8), {**env_kwargs, "reward": mode}, n_samples=3, seed=5,
+                                     progress=False) for mode in ("paper", "delta", "final")}  # fmt: skip
+    assert (results["paper"].r1 != 0).any()
+    for mode in ("delta", "final"):
+        np.testing.assert_array_equal(results[mode].r1, results["paper"].r1)
+    np.testing.assert_allclose(results["delta"].episode_return, results["paper"].r1, atol=1e-5)  # shaping telescopes
+
+
 def test_reference_policies() -> None:
     obs = {"x_t": np.zeros((4, 1, 8, 8), np.float32), "t": np.ones((4, 1), np.float32)}
     action, _ = ConstantAction(0.5).predict(obs)
