@@ -125,7 +125,8 @@ def evaluate_policy(
             ret += reward
             terminated = bool(term.all())
             bar.update(n)
-        parts["r1"].append((info["q0_agent"] - info["q0_baseline"]).astype(np.float64))  # Eq. 18, whatever the reward option
+        r1 = info["q0_agent"] - info["q0_baseline"]  # Eq. 18, whatever the env's reward option
+        parts["r1"].append(r1.astype(np.float64))
         parts["ret"].append(ret)
         parts["qa"].append(info["q0_agent"].astype(np.float64))
         parts["qb"].append(info["q0_baseline"].astype(np.float64))
