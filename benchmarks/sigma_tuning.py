@@ -1,0 +1,161 @@
+"""Why the learners do or do not reach the best constant schedule on DDIMSigma-v0: short tuning runs.
+
+Each named run trains one learner (:func:`agents.ppo_sigma.train`, ``Args`` defaults plus the run's overrides,
+t_c = 20, the seed's attack) and evaluates it on 64 samples (env seeds 10,000 + i, the benchmark's first 64)
+against sigma = 0: mean r_1, mean action and the mean action per t. ``consts`` evaluates constant actions on
+the same samples with both the mean r_1 and the mean episode return of the paper's reward, to check whether the
+reward the learner maximises and the statistic the paper evaluates share their best constant.
+
+Results are appended to ``benchmarks/results/sigma_tuning.json`` (one record per run; a rerun of a name
+replaces it) and rendered into ``docs/sigma_tuning.md``.
+
+Usage::
+
+    python -m benchmarks.sigma_tuning run B          # one named run of RUNS
+    python -m benchmarks.sigma_tuning consts         # constant actions: r_1 and the paper's return
+    python -m benchmarks.sigma_tuning report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "sigma_tuning.json"
+DOC = REPO_ROOT / "docs" / "sigma_tuning.md"
+N_EVAL, EVAL_SEED = 64, 10_000
+
+_PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 10, "log_std_init": 0.0}
+#: Named runs (``agents.ppo_sigma.Args`` overrides). The first PPO tries of the previous session (n_steps 64,
+#: lr 3e-4, log_std -1) stayed at the initial a = 0.5; these vary the update count, the learning rate, the
+#: budget, the reward option and the learner.
+RUNS: dict[str, dict[str, Any]] = {
+    "A": {**_PPO, "learning_rate": 1e-3},
+    "B": {**_PPO, "learning_rate": 3e-3},
+    "C": {**_PPO, "n_steps": 16, "learning_rate": 3e-3, "total_timesteps": 16384},
+    "D": {**_PPO, "learning_rate": 3e-3, "total_timesteps": 16384},
+    "E": {**_PPO, "learning_rate": 3e-3, "reward": "delta"},
+    "F": {**_PPO, "learning_rate": 3e-3, "reward": "final"},
+    "G": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
+    "H": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
+}
+
+
+def _load() -> dict[str, Any]:
+    if not RESULTS.is_file():
+        return {"runs": {}, "consts": None}
+    try:
+        return json.loads(RESULTS.read_text())
+    except json.JSONDecodeError as err:
+        sys.exit(f"{RESULTS} is not valid JSON ({err}); delete it and rerun the runs you need")
+
+
+def _save(data: dict[str, Any]) -> None:
+    from benchmarks.leaderboard import atomic_write_json
+
+    atomic_write_json(RESULTS, data)
+
+
+def _hardware() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
+def run(name: str, out_root: Path) -> dict[str, Any]:
+    """Train run ``name`` of :data:`RUNS` and evaluate it on the 64 samples; returns and stores the record."""
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.ppo_sigma import Args, env_kwargs, train
+
+    if name not in RUNS:
+        raise ValueError(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
+    args = Args(out_dir=str(out_root / name), progress_bar=False, tensorboard=False, **RUNS[name])
+    start = time.perf_counter()
+    policy = train(args)
+    train_s = time.perf_counter() - start
+    res = evaluate_policy(name, policy, env_kwargs(args), n_samples=N_EVAL, seed=EVAL_SEED, progress=False)
+    log_std = getattr(getattr(policy.model, "policy", None), "log_std", None)
+    record = {"overrides": RUNS[name], "total_timesteps": args.total_timesteps, "train_s": round(train_s),
+              "r1": float(res.r1.mean()), "mean_a": float(res.mean_eta.mean()),
+              "a_by_t": [round(float(v), 3) for v in res.action_by_t],
+              "final_log_std": float(log_std.detach().mean()) if isinstance(log_std, torch.Tensor) else None,
+              "hardware": _hardware()}  # fmt: skip
+    data = _load()
+    data["runs"][name] = record
+    _save(data)
+    return record
+
+
+def consts(grid: tuple[float, ...] = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> list[dict[str, Any]]:
+    """Constant actions on the 64 samples: mean r_1 and mean return of the paper's reward (Eq. 19-21)."""
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.ppo_sigma import Args, env_kwargs
+    from agents.reference import ConstantAction
+
+    rows = []
+    for a in grid:
+        res = evaluate_policy(f"a={a}", ConstantAction(a), env_kwargs(Args()), n_samples=N_EVAL, seed=EVAL_SEED,
+                              progress=False)  # fmt: skip
+        rows.append({"a": a, "r1": float(res.r1.mean()), "r1_std": float(res.r1.std(ddof=1)),
+                     "return": float(res.episode_return.mean()), "return_std": float(res.episode_return.std(ddof=1))})  # fmt: skip
+        print(rows[-1], flush=True)
+    data = _load()
+    data["consts"] = rows
+    _save(data)
+    return rows
+
+
+def render(data: dict[str, Any]) -> str:
+    """``docs/sigma_tuning.md`` from the stored records."""
+    lines = ["# DDIMSigma-v0: why the learners stop short of the best constant", "",
+             "Generated by `python -m benchmarks.sigma_tuning report` from `benchmarks/results/sigma_tuning.json` "
+             "(each row by `python -m benchmarks.sigma_tuning run <name>`); do not edit by hand.", "",
+             f"t_c = 20, the seed's attack, embedded model and levels scorer, action `sigma_frac`; every run is evaluated "
+             f"on the same {N_EVAL} samples (env seeds {EVAL_SEED:,} + i) against sigma = 0. Runs were made on a shared "
+             "2-core CPU: train times are wall times under load, for orientation only.", ""]  # fmt: skip
+    if data.get("consts"):
+        lines += ["## Constant actions: r_1 and the paper's return", "",
+                  "| a | mean r_1 | std r_1 | mean return (Eq. 19-21) | std return |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in data["consts"]:
+            r1_std = "-" if r.get("r1_std") is None else f"{r['r1_std']:.3f}"
+            lines.append(f"| {r['a']} | {r['r1']:+.3f} | {r1_std} | {r['return']:+.2f} | {r['return_std']:.2f} |")
+        lines.append("")
+    lines += ["## Learner runs", "", "| run | learner and overrides | env steps | mean r_1 | mean action | action at t = 20 / 10 / 1 "
+              "| final log std | train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in sorted(data.get("runs", {}).items()):
+        over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+        by_t = r["a_by_t"]
+        std = "-" if r.get("final_log_std") is None else f"{r['final_log_std']:+.2f}"
+        lines.append(f"| {name} | {over} | {r['total_timesteps']:,} | {r['r1']:+.3f} | {r['mean_a']:.3f} | "
+                     f"{by_t[0]:.2f} / {by_t[len(by_t) // 2]:.2f} / {by_t[-1]:.2f} | {std} | {r['train_s']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``run <name>``, ``consts`` or ``report``."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("names", nargs="+", choices=sorted(RUNS))
+    r.add_argument("--out-root", default="runs/sigma_tuning")
+    sub.add_parser("consts")
+    sub.add_parser("report")
+    ns = parser.parse_args(argv)
+    if ns.command == "run":
+        for name in ns.names:
+            print(name, run(name, Path(ns.out_root)), flush=True)
+    elif ns.command == "consts":
+        consts()
+    DOC.write_text(render(_load()))
+    print(DOC)
+
+
+if __name__ == "__main__":
+    main()
