@@ -129,12 +129,13 @@ def render(data: dict[str, Any]) -> str:
                   + (f" Measured by `python -m benchmarks.throughput {m['pool_argv']}` ({m['pool_hardware']})."
                      if m.get("pool_argv") else ""), "",
                   "| t_c | num_envs | batched (episodes/s) | batched + prefix_pool (episodes/s) | pool speed-up | "
+                  "ceiling of the speed-up (floor / floor without prefix) | "
                   "episode floor (episodes/s) | prefix share of the floor | batched / floor | pooled / floor without prefix |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in data["pool_rows"]:
             f, n = r["floor"], r["num_envs"]  # floor seconds are per batch of n episodes; rates count episodes
             lines.append(f"| {r['t_c']} | {n} | {r['batched']:.3f} | {r['pooled']:.3f} | "
-                         f"{r['pooled'] / r['batched']:.2f}x | {n / f['episode_s']:.3f} | {f['prefix_s'] / f['episode_s']:.2f} | "
+                         f"{r['pooled'] / r['batched']:.2f}x | {f['episode_s'] / f['steps_s']:.2f}x | {n / f['episode_s']:.3f} | {f['prefix_s'] / f['episode_s']:.2f} | "
                          f"{r['batched'] * f['episode_s'] / n:.2f} | {r['pooled'] * f['steps_s'] / n:.2f} |")  # fmt: skip
         lines += ["", "The pool trades x_T diversity for speed: P pool entries give P distinct x_{t_c} per configuration "
                   "(the steps from t_c down keep their own random draws). The learners train with P = 256; every "
