@@ -79,7 +79,9 @@ def _reading(rows: list[dict]) -> str:
             "'matches' means PPO's 95% CI reaches the best constant's mean). On this model the paper's timestep "
             "attack has no measurable effect ([attack_effect.md](attack_effect.md), [threats.md](threats.md)), so "
             "the gain over sigma = 0 comes from the stochastic steps near t = 0 as the embedded scorer rates them; "
-            "[sigma_benchmark.md](sigma_benchmark.md) checks it against independent quality measures.")
+            "[fidelity.md](fidelity.md) checks it against independent quality measures (KID / FID agree, slightly). "
+            "Why the learner stops short of the edge a = 1 of the action box, and what was tried: "
+            "[sigma_tuning.md](sigma_tuning.md).")
 
 
 def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str) -> None:
