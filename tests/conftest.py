@@ -48,3 +48,12 @@ def contrast_evaluator() -> ContrastEvaluator:
 def kwargs_tiny(tiny_unet_dir, contrast_evaluator) -> dict:
     """DDIMSigma-v0 arguments on the tiny UNet: t_c = 4, one strided step above it."""
     return {"model": str(tiny_unet_dir), "evaluator": contrast_evaluator, "t_c": 4, "stride": 250, "device": "cpu"}
+
+
+@pytest.fixture()
+def one_thread():
+    """Small models on a shared 2-core machine run fastest on one torch thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

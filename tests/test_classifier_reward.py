@@ -44,13 +44,7 @@ def test_registered_with_string_entry_points() -> None:
     assert venv.max_episode_steps == spec.max_episode_steps  # make_vec passes it to the vector entry point
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine run fastest on one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_gymnasium_check_env() -> None:

@@ -31,13 +31,7 @@ ACTIONS = torch.tensor([2, 0, 1])
 REWARDS = torch.tensor([1.0, -1.25, -1.25])  # sample 0 right, samples 1 and 2 wrong (lambda = 1.25)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small models on a shared 2-core machine run fastest on one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_eq4_policy_loss_hand_computed() -> None:

@@ -13,13 +13,7 @@ from agents.cli import parse_args
 from agents.evaluate_sigma import evaluate_policy, load_policy
 from agents.ppo_torch import Args, RunningMeanStd, SigmaActorCritic, TorchSigmaPolicy, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_args(kwargs_tiny, out_dir, **over) -> Args:

@@ -17,12 +17,7 @@ from robust_envs.wrappers import TorchVectorEnv
 CLF = {"dataset": "digits", "episode_length": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _np(x):
