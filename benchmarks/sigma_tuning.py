@@ -163,6 +163,12 @@ def _reading(data: dict[str, Any]) -> list[str]:
                 out.append(f"- {what} ({b} against {a}): mean action {runs[a]['mean_a']:.2f} -> {runs[b]['mean_a']:.2f}, "
                            f"r_1 {runs[a]['r1']:+.3f} -> {runs[b]['r1']:+.3f} (one training seed, 64 samples, "
                            "no CI: a trend, not a test).")  # fmt: skip
+        off = [n for n in ("G", "H") if n in runs]
+        if off:
+            out.append("- " + ", ".join(f"{runs[n]['overrides'].get('algo', '?').upper()} ({n}): mean action "
+                                        f"{runs[n]['mean_a']:.2f}, r_1 {runs[n]['r1']:+.3f}" for n in off)
+                       + ": with SB3's learning rate and one gradient step per vector step (512 in all) the "
+                       "off-policy learners stay at the initial a = 0.5.")  # fmt: skip
         out.append(
             "- Neither the budget nor the reward's form moved the plateau near a = 0.7. A likely cause, not isolated by "
             "these runs: per-step Gaussian "
