@@ -89,13 +89,13 @@ class Args:
     """episodes stepped in lockstep by the batched env"""
     total_timesteps: int = 8192
     """env steps of training (all envs together); rounded up to whole rollouts of num_envs * n_steps"""
-    n_steps: int = 64
-    """rollout length per env per update"""
-    batch_size: int = 256
+    n_steps: int = 32
+    """rollout length per env per update (agents.ppo_sigma's tuned default, docs/sigma_tuning.md)"""
+    batch_size: int = 64
     """minibatch size"""
-    n_epochs: int = 4
+    n_epochs: int = 10
     """epochs per update"""
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-3
     """Adam learning rate"""
     anneal_lr: bool = False
     """anneal the learning rate linearly to 0 (CleanRL's default; SB3's and ours: constant)"""
@@ -111,7 +111,7 @@ class Args:
     """value loss coefficient"""
     max_grad_norm: float = 0.5
     """gradient norm clip"""
-    log_std_init: float = -1.0
+    log_std_init: float = 0.0
     """initial log std of the Gaussian policy (in the [-1, 1] action units)"""
     hidden: int = 64
     """width of the two hidden tanh layers of the actor and of the critic"""

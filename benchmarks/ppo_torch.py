@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(ns.threads)
     common = {"t_c": ns.t_c, "total_timesteps": ns.total_timesteps, "model": ns.model, "evaluator": ns.evaluator,
               "attack": ns.attack, "device": ns.device, "progress_bar": False, "tensorboard": False,
-              "num_envs": ns.num_envs, "n_steps": ns.n_steps, "batch_size": ns.batch_size}  # fmt: skip
+              "num_envs": ns.num_envs, "n_steps": ns.n_steps, "batch_size": ns.batch_size,
+              "n_epochs": ppo_sigma.Args().n_epochs, "learning_rate": ppo_sigma.Args().learning_rate,
+              "log_std_init": ppo_sigma.Args().log_std_init}  # fmt: skip  # the same update settings for both
     kw = ppo_sigma.env_kwargs(ppo_sigma.Args(**common))
     kw["device"] = _resolve_device(kw["device"])
     DDIMSigmaVectorEnv(num_envs=1, **kw).reset(seed=0)  # load the model and the scorer into the process caches
