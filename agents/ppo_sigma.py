@@ -100,6 +100,8 @@ class Args:
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True
     """VecNormalize the rewards (scaled by the running std of the discounted return)"""
+    observe: str = "x_t,t"
+    """what the learner sees: 'x_t,t' (seed 000 Eq. 14, the env's whole state) or 't' (an ablation: time only)"""
     prefix_pool: int = 256
     """x_{t_c} pool size for training resets (0: run the prefix every reset); evaluation always uses fresh x_T"""
     seed: int = 0
@@ -112,6 +114,7 @@ class Args:
     """write TensorBoard logs to <out_dir>/tb"""
 
     def __post_init__(self) -> None:
+        _observed_keys(self.observe)
         if self.algo not in ALGOS:
             raise ValueError(f"algo must be one of {ALGOS}, got {self.algo!r}")
         for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs"):
@@ -141,10 +144,55 @@ def make_train_env(args: Args) -> Any:
 
     venv = gym.make_vec("DDIMSigma-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
                         autoreset_mode=AutoresetMode.SAME_STEP, prefix_pool=args.prefix_pool, **env_kwargs(args))  # fmt: skip
-    sb3 = VecMonitor(SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0))))  # SB3 clips to [-1, 1]: edges map to 0 and 1 exactly
+    sb3 = VecMonitor(SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0))))
+    if args.observe != "x_t,t":
+        sb3 = _KeepKeys(sb3, _observed_keys(args.observe))  # SB3 clips to [-1, 1]: edges map to 0 and 1 exactly
     if args.normalize_obs or args.normalize_reward:
         return VecNormalize(sb3, norm_obs=args.normalize_obs, norm_reward=args.normalize_reward, gamma=args.gamma)
     return sb3
+
+
+def _observed_keys(observe: str) -> list[str]:
+    """The observation keys of ``Args.observe``; raises ValueError naming the valid values."""
+    if observe not in OBSERVE:
+        raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
+    return observe.split(",")
+
+
+#: What the learner may see: the env's state (seed 000 Eq. 14) or, as an ablation, the timestep only.
+OBSERVE = ("x_t,t", "t")
+
+
+def _keep_keys_wrapper() -> type:
+    from gymnasium import spaces
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    class KeepKeys(VecEnvWrapper):
+        """SB3 VecEnv wrapper keeping only ``keys`` of a Dict observation (terminal observations included)."""
+
+        def __init__(self, venv: Any, keys: list[str]) -> None:
+            self.keys = keys
+            space = spaces.Dict({k: venv.observation_space.spaces[k] for k in keys})
+            super().__init__(venv, observation_space=space)
+
+        def _keep(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: obs[k] for k in self.keys}
+
+        def reset(self) -> Any:
+            return self._keep(self.venv.reset())
+
+        def step_wait(self) -> Any:
+            obs, rewards, dones, infos = self.venv.step_wait()
+            for info in infos:
+                if "terminal_observation" in info:
+                    info["terminal_observation"] = self._keep(info["terminal_observation"])
+            return self._keep(obs), rewards, dones, infos
+
+    return KeepKeys
+
+
+def _KeepKeys(venv: Any, keys: list[str]) -> Any:  # noqa: N802 (a class made on first use: SB3 imports lazily)
+    return _keep_keys_wrapper()(venv, keys)
 
 
 class SB3SigmaPolicy:
@@ -166,7 +214,11 @@ class SB3SigmaPolicy:
         self.epsilon = epsilon
 
     def normalize(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """VecNormalize's observation transform with the frozen training statistics."""
+        """VecNormalize's observation transform with the frozen training statistics (on the keys it saw)."""
+        space = getattr(self.model, "observation_space", None)
+        keys = getattr(space, "spaces", None)
+        if keys is not None:
+            observation = {k: v for k, v in observation.items() if k in keys}
         if self.obs_rms is None:
             return observation
         out = {}

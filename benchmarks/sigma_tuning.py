@@ -48,6 +48,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "G": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
     "H": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
     "I": {"algo": "sac", "learning_rate": 3e-3, "batch_size": 256, "log_std_init": -1.0},
+    "J": {**_PPO, "learning_rate": 3e-3, "observe": "t"},
 }
 
 

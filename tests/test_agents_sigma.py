@@ -89,6 +89,22 @@ def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, al
     assert res.r1.shape == (3,) and res.action_by_t.shape == (3,)
 
 
+def test_time_only_ablation_sees_only_t(env_kwargs, tmp_path) -> None:
+    from agents.ppo_sigma import Args, SB3SigmaPolicy, train
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    args = Args(**kw, evaluator="piqe", observe="t", num_envs=2, total_timesteps=12, n_steps=6, batch_size=6,
+                prefix_pool=4, progress_bar=False, tensorboard=False, out_dir=str(tmp_path))  # fmt: skip
+    train(args)
+    loaded = SB3SigmaPolicy.load(tmp_path)
+    assert list(loaded.model.observation_space.spaces) == ["t"]
+    obs = {"x_t": np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32), "t": np.full((2, 1), 2.0, np.float32)}
+    a, _ = loaded.predict(obs)
+    assert a[0, 0] == a[1, 0]  # the action cannot depend on x_t
+    with pytest.raises(ValueError, match="observe must be one of"):
+        Args(observe="x_t")
+
+
 def test_sb3_policy_undoes_the_training_transforms() -> None:
     """The wrapper applies VecNormalize's frozen statistics and maps [-1, 1] back to [0, 1]."""
     from stable_baselines3.common.running_mean_std import RunningMeanStd
