@@ -98,7 +98,10 @@ def test_time_only_ablation_sees_only_t(env_kwargs, tmp_path) -> None:
     train(args)
     loaded = SB3SigmaPolicy.load(tmp_path)
     assert list(loaded.model.observation_space.spaces) == ["t"]
-    obs = {"x_t": np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32), "t": np.full((2, 1), 2.0, np.float32)}
+    obs = {
+        "x_t": np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32),
+        "t": np.full((2, 1), 2.0, np.float32),
+    }
     a, _ = loaded.predict(obs)
     assert a[0, 0] == a[1, 0]  # the action cannot depend on x_t
     with pytest.raises(ValueError, match="observe must be one of"):
