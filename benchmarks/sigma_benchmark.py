@@ -484,7 +484,7 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _independent_table(cells: dict) -> list[str]:
-    head = ["| threat | t_c | schedule | r_1 | KID x 1e3 | FID | classifier confidence | NR metric |",
+    head = ["| threat | t_c | schedule | r_1 | KID | FID | classifier confidence | NR metric |",
             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     lines = []
     for (threat, t_c), cell in sorted(cells.items()):
@@ -500,7 +500,7 @@ def _independent_table(cells: dict) -> list[str]:
             nr = next((f"{k} {v:.3f}" for k, v in ind.items() if k.endswith("_mean") and not k.startswith("kid")
                        and not k.startswith("classifier")), "-")  # fmt: skip
             lines.append(f"| {threat} | {t_c} | {r['schedule']} | {r['mean_r1']:+.3f} | "
-                         f"{1e3 * ind.get('kid_mean', float('nan')):.2f} | {ind.get('fid', float('nan')):.2f} | "
+                         f"{ind.get('kid_mean', float('nan')):.3f} | {ind.get('fid', float('nan')):.2f} | "
                          f"{ind.get('classifier_confidence_mean', float('nan')):.3f} | {nr} |")  # fmt: skip
     return head + lines if lines else ["Not available in these entries."]
 
