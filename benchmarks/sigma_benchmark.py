@@ -470,7 +470,8 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
         train = [r.get("train_time_s") for r in done if r.get("train_time_s") is not None]
         evals = [r.get("eval_time_s") for r in done if r.get("eval_time_s") is not None]
         hw = sorted({r["hardware"].get("gpu") or r["hardware"].get("cpu", "?") for r in done})
-        lines.append(f"| {agent} | {len(done)} / {len(grid)} | {np.mean(train):.0f} | {np.mean(evals):.0f} | "
+        mean_s = lambda xs: f"{np.mean(xs):.0f}" if xs else "-"  # noqa: E731 (references train nothing)
+        lines.append(f"| {agent} | {len(done)} / {len(grid)} | {mean_s(train)} | {mean_s(evals)} | "
                      f"{', '.join(hw) or '-'} |" if done else f"| {agent} | 0 / {len(grid)} | - | - | - |")  # fmt: skip
         if len(done) < len(grid):
             missing = sorted({t for (_, th, t, s) in grid if (agent, th, t, s) not in have})
