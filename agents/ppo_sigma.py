@@ -94,6 +94,13 @@ class Args:
     """discount (paper: 0.995)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
+    gradient_steps: int = -1
+    """SAC / TQC: gradient steps per vector step (-1: one per env transition, i.e. num_envs; SB3's meaning)"""
+    ent_coef: str = "auto"
+    """SAC / TQC: entropy coefficient ('auto', 'auto_<init>' or a number, as SB3 takes it)"""
+    distribution: str = "gaussian"
+    """PPO's action distribution: 'gaussian' (SB3's, samples clipped to the box) or 'beta' (agents/beta_policy.py,
+    Chou et al. 2017: support equal to the box, mode as the deterministic action)"""
     log_std_init: float = 0.0
     """initial log std of the Gaussian policy (SB3's default is 0; PPO / RecurrentPPO / SAC / TQC)"""
     normalize_obs: bool = True
@@ -120,6 +127,18 @@ class Args:
         for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.distribution not in ("gaussian", "beta"):
+            raise ValueError(f"distribution must be 'gaussian' or 'beta', got {self.distribution!r}")
+        if self.distribution == "beta" and self.algo != "ppo":
+            raise ValueError(f"distribution='beta' is implemented for algo='ppo' only, got algo={self.algo!r}")
+        if self.gradient_steps == 0 or self.gradient_steps < -1:
+            raise ValueError(f"gradient_steps must be -1 (one per env transition) or >= 1, got {self.gradient_steps}")
+        if not self.ent_coef.startswith("auto"):
+            try:
+                if float(self.ent_coef) < 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number >= 0, got {self.ent_coef!r}") from None
 
 
 def env_kwargs(args: Any) -> dict[str, Any]:
@@ -283,12 +302,19 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
               "tensorboard_log": str(out / "tb") if args.tensorboard else None, "device": "cpu"}  # the policy is tiny; the env's nets use args.device
     policy_kwargs: dict[str, Any] = {"log_std_init": args.log_std_init}
     if args.algo in ("ppo", "recurrent_ppo"):
-        policy = "MultiInputPolicy" if args.algo == "ppo" else "MultiInputLstmPolicy"
+        policy: Any = "MultiInputPolicy" if args.algo == "ppo" else "MultiInputLstmPolicy"
+        if getattr(args, "distribution", "gaussian") == "beta":
+            from agents.beta_policy import BetaMultiInputPolicy
+
+            policy = BetaMultiInputPolicy
         return cls(policy, venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
                    clip_range=args.clip_range, policy_kwargs=policy_kwargs, **common)  # fmt: skip
-    # SAC / TQC: one gradient step per vector step (num_envs env steps), a replay buffer of the whole budget
+    # SAC / TQC: `gradient_steps` per vector step (default one per env transition: a replay ratio of 1), a replay
+    # buffer of the whole budget
+    ent_coef: Any = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
     return cls("MultiInputPolicy", venv, batch_size=args.batch_size, learning_starts=max(args.batch_size, 4 * args.num_envs),
-               buffer_size=max(args.total_timesteps, 1000), policy_kwargs=policy_kwargs, **common)  # fmt: skip
+               buffer_size=max(args.total_timesteps, 1000), gradient_steps=args.gradient_steps, ent_coef=ent_coef,
+               policy_kwargs=policy_kwargs, **common)  # fmt: skip
 
 
 def train(args: Args) -> SB3SigmaPolicy:

@@ -45,10 +45,15 @@ RUNS: dict[str, dict[str, Any]] = {
     "D": {**_PPO, "learning_rate": 3e-3, "total_timesteps": 16384},
     "E": {**_PPO, "learning_rate": 3e-3, "reward": "delta"},
     "F": {**_PPO, "learning_rate": 3e-3, "reward": "final"},
-    "G": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
-    "H": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
-    "I": {"algo": "sac", "learning_rate": 3e-3, "batch_size": 256, "log_std_init": -1.0},
+    "G": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": 1},
+    "H": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": 1},
+    "I": {"algo": "sac", "learning_rate": 3e-3, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": 1},
     "J": {**_PPO, "learning_rate": 3e-3, "observe": "t"},
+    # G / H gave 512 gradient steps in all (one per vector step of 16 envs); K / L take one per env transition
+    "K": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1},
+    "L": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1},
+    # the paper's PPO with a Beta policy (Chou et al. 2017): support equal to the box, no clipped samples
+    "M": {**_PPO, "learning_rate": 3e-3, "distribution": "beta"},
 }
 
 

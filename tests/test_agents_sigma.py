@@ -70,14 +70,16 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
     assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
 
 
-@pytest.mark.parametrize("algo", ["ppo", "sac", "tqc", "recurrent_ppo"])
+@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "sac", "tqc", "recurrent_ppo"])
 def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, algo) -> None:
     """The agent-agnostic check: each learner on the same env, through the same policy wrapper."""
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
-    args = Args(algo=algo, **kw, evaluator="piqe", num_envs=2, total_timesteps=24, n_steps=6, batch_size=6,
-                prefix_pool=4, progress_bar=False, tensorboard=False, out_dir=str(tmp_path / algo))  # fmt: skip
+    extra = {"distribution": "beta"} if algo == "ppo_beta" else {"gradient_steps": 2} if algo == "sac" else {}
+    args = Args(algo=algo.removesuffix("_beta"), **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
+                n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
+                out_dir=str(tmp_path / algo))  # fmt: skip
     policy = train(args)
     loaded = SB3SigmaPolicy.load(tmp_path / algo)
     obs = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.full((3, 1), 3.0, np.float32)}
@@ -106,6 +108,19 @@ def test_time_only_ablation_sees_only_t(env_kwargs, tmp_path) -> None:
     assert a[0, 0] == a[1, 0]  # the action cannot depend on x_t
     with pytest.raises(ValueError, match="observe must be one of"):
         Args(observe="x_t")
+
+
+def test_learner_args_reject_bad_values() -> None:
+    from agents.ppo_sigma import Args
+
+    with pytest.raises(ValueError, match="distribution must be 'gaussian' or 'beta', got 'cauchy'"):
+        Args(distribution="cauchy")
+    with pytest.raises(ValueError, match="algo='ppo' only, got algo='sac'"):
+        Args(algo="sac", distribution="beta")
+    with pytest.raises(ValueError, match="gradient_steps must be -1 .* got 0"):
+        Args(algo="sac", gradient_steps=0)
+    with pytest.raises(ValueError, match="ent_coef must be .* got 'lots'"):
+        Args(algo="sac", ent_coef="lots")
 
 
 def test_sb3_policy_undoes_the_training_transforms() -> None:
