@@ -101,6 +101,14 @@ class Args:
     distribution: str = "gaussian"
     """PPO's action distribution: 'gaussian' (SB3's, samples clipped to the box) or 'beta' (agents/beta_policy.py,
     Chou et al. 2017: support equal to the box, mode as the deterministic action)"""
+    extractor: str = "flatten"
+    """PPO / SAC / TQC features: 'flatten' (SB3's CombinedExtractor: 784 pixels and t side by side) or 'cnn'
+    (agents/sigma_extractor.py: a small CNN code of x_t next to t)"""
+    use_sde: bool = False
+    """PPO / SAC / TQC: generalised state-dependent exploration (Raffin et al. 2022, SB3's gSDE): the exploration
+    noise matrix is drawn once per `sde_sample_freq` steps, so one episode's 20 actions move together"""
+    sde_sample_freq: int = -1
+    """gSDE: redraw the noise matrix every n steps (-1: once per rollout)"""
     log_std_init: float = 0.0
     """initial log std of the Gaussian policy (SB3's default is 0; PPO / RecurrentPPO / SAC / TQC)"""
     normalize_obs: bool = True
@@ -129,6 +137,12 @@ class Args:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.distribution not in ("gaussian", "beta"):
             raise ValueError(f"distribution must be 'gaussian' or 'beta', got {self.distribution!r}")
+        if self.extractor not in ("flatten", "cnn"):
+            raise ValueError(f"extractor must be 'flatten' or 'cnn', got {self.extractor!r}")
+        if self.extractor == "cnn" and self.observe != "x_t,t":
+            raise ValueError(f"extractor='cnn' needs observe='x_t,t', got observe={self.observe!r}")
+        if self.distribution == "beta" and self.use_sde:
+            raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
             raise ValueError(f"distribution='beta' is implemented for algo='ppo' only, got algo={self.algo!r}")
         if self.gradient_steps == 0 or self.gradient_steps < -1:
@@ -301,6 +315,10 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
     common = {"learning_rate": args.learning_rate, "gamma": args.gamma, "seed": args.seed, "verbose": 0,
               "tensorboard_log": str(out / "tb") if args.tensorboard else None, "device": "cpu"}  # the policy is tiny; the env's nets use args.device
     policy_kwargs: dict[str, Any] = {"log_std_init": args.log_std_init}
+    if getattr(args, "extractor", "flatten") == "cnn":
+        from agents.sigma_extractor import SigmaCnnExtractor
+
+        policy_kwargs["features_extractor_class"] = SigmaCnnExtractor
     if args.algo in ("ppo", "recurrent_ppo"):
         policy: Any = "MultiInputPolicy" if args.algo == "ppo" else "MultiInputLstmPolicy"
         if getattr(args, "distribution", "gaussian") == "beta":
@@ -308,13 +326,14 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
 
             policy = BetaMultiInputPolicy
         return cls(policy, venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
-                   clip_range=args.clip_range, policy_kwargs=policy_kwargs, **common)  # fmt: skip
+                   clip_range=args.clip_range, policy_kwargs=policy_kwargs, use_sde=args.use_sde,
+                   sde_sample_freq=args.sde_sample_freq, **common)  # fmt: skip
     # SAC / TQC: `gradient_steps` per vector step (default one per env transition: a replay ratio of 1), a replay
     # buffer of the whole budget
     ent_coef: Any = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)
     return cls("MultiInputPolicy", venv, batch_size=args.batch_size, learning_starts=max(args.batch_size, 4 * args.num_envs),
                buffer_size=max(args.total_timesteps, 1000), gradient_steps=args.gradient_steps, ent_coef=ent_coef,
-               policy_kwargs=policy_kwargs, **common)  # fmt: skip
+               use_sde=args.use_sde, sde_sample_freq=args.sde_sample_freq, policy_kwargs=policy_kwargs, **common)  # fmt: skip
 
 
 def train(args: Args) -> SB3SigmaPolicy:

@@ -54,6 +54,12 @@ RUNS: dict[str, dict[str, Any]] = {
     "L": {"algo": "tqc", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1},
     # the paper's PPO with a Beta policy (Chou et al. 2017): support equal to the box, no clipped samples
     "M": {**_PPO, "learning_rate": 3e-3, "distribution": "beta"},
+    # gSDE (Raffin et al. 2022): exploration noise held for the rollout, so an episode's actions move together
+    "N": {**_PPO, "learning_rate": 3e-3, "use_sde": True, "log_std_init": -2.0},
+    # x_t through a small CNN code next to t, instead of 784 flat pixels beside one t
+    "O": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn"},
+    # the time-only ablation with four times the budget: is the budget the limit once the input is not?
+    "P": {**_PPO, "learning_rate": 3e-3, "observe": "t", "total_timesteps": 32768},
 }
 
 

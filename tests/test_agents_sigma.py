@@ -70,14 +70,15 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
     assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
 
 
-@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "sac", "tqc", "recurrent_ppo"])
+@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "sac", "tqc", "recurrent_ppo"])
 def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, algo) -> None:
     """The agent-agnostic check: each learner on the same env, through the same policy wrapper."""
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
-    extra = {"distribution": "beta"} if algo == "ppo_beta" else {"gradient_steps": 2} if algo == "sac" else {}
-    args = Args(algo=algo.removesuffix("_beta"), **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
+    extra = {"ppo_beta": {"distribution": "beta"}, "ppo_cnn_sde": {"extractor": "cnn", "use_sde": True},
+             "sac": {"gradient_steps": 2}}.get(algo, {})  # fmt: skip
+    args = Args(algo=algo.split("_")[0] if algo.startswith("ppo") else algo, **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
                 n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
                 out_dir=str(tmp_path / algo))  # fmt: skip
     policy = train(args)
@@ -121,6 +122,28 @@ def test_learner_args_reject_bad_values() -> None:
         Args(algo="sac", gradient_steps=0)
     with pytest.raises(ValueError, match="ent_coef must be .* got 'lots'"):
         Args(algo="sac", ent_coef="lots")
+    with pytest.raises(ValueError, match="extractor must be 'flatten' or 'cnn', got 'vit'"):
+        Args(extractor="vit")
+    with pytest.raises(ValueError, match="needs observe='x_t,t'"):
+        Args(extractor="cnn", observe="t")
+
+
+def test_cnn_extractor_keeps_t_as_a_feature_and_rejects_other_spaces() -> None:
+    import gymnasium as gym
+    import torch
+
+    from agents.sigma_extractor import SigmaCnnExtractor
+
+    space = gym.spaces.Dict({"x_t": gym.spaces.Box(-5, 5, (1, 8, 8), np.float32), "t": gym.spaces.Box(0, 4, (1,), np.float32)})
+    ext = SigmaCnnExtractor(space, cnn_dim=4)
+    t = torch.tensor([[1.0], [3.0]])
+    feats = ext({"x_t": torch.randn(2, 1, 8, 8), "t": t})
+    assert feats.shape == (2, 6) and ext.features_dim == 6
+    torch.testing.assert_close(feats[:, 4:], torch.cat([t, t * t], dim=1))
+    with pytest.raises(ValueError, match="keys 'x_t' and 't'"):
+        SigmaCnnExtractor(gym.spaces.Dict({"t": space.spaces["t"]}))
+    with pytest.raises(ValueError, match="H, W >= 8"):
+        SigmaCnnExtractor(gym.spaces.Dict({"x_t": gym.spaces.Box(-5, 5, (1, 4, 4)), "t": space.spaces["t"]}))
 
 
 def test_sb3_policy_undoes_the_training_transforms() -> None:
