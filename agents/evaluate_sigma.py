@@ -107,7 +107,7 @@ def evaluate_policy(
         k: [] for k in ("r1", "ret", "qa", "qb", "eta", "xa", "xb", "all", "ball", "by_t")
     }
     done_samples = 0
-    kw = {"prefix_cache": True, **env_kwargs}
+    kw = {"prefix_cache": True, "baseline_cache": True, **env_kwargs}
     t_c = int(kw.get("t_c", 20))
     bar = tqdm(total=n_samples * t_c, desc=f"evaluate {name}", unit="step", disable=not progress, leave=False)
     while done_samples < n_samples:

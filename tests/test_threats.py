@@ -8,7 +8,7 @@ import torch
 
 from robust_envs.diffusion import TimestepAttack, TimestepDefence, attacked_eps, load_noise_model
 from robust_envs.diffusion.attack import _adaptive_timestep, _state_pgd
-from robust_envs.envs.ddim_sigma import PREFIX_CACHE, DDIMSigmaEnv, DDIMSigmaVectorEnv
+from robust_envs.envs.ddim_sigma import BASELINE_CACHE, PREFIX_CACHE, DDIMSigmaEnv, DDIMSigmaVectorEnv
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,56 @@ def test_prefix_cache_reproduces_the_uncached_episodes(kwargs_tiny) -> None:
     for a, b, c in zip(plain, first, second, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
         np.testing.assert_allclose(a, c, atol=1e-6)
+
+
+@pytest.mark.parametrize("threat", [{}, {"attack": "adaptive", "attack_budget": 1.0}, {"attack": "state", "attack_budget": 0.02}])
+def test_baseline_cache_replays_the_baseline_whatever_the_schedule(kwargs_tiny, threat) -> None:
+    """A schedule run after another on the same seeds, with the baseline replayed, gets the rewards, infos and
+    x_0 it gets without the cache; the replayed steps call the network on N samples, not 2N.
+    """
+    n = 3
+    rng = np.random.default_rng(0)
+    schedules = [rng.uniform(0, 1, (4, n, 1)).astype(np.float32) for _ in range(2)]
+    kw = {**kwargs_tiny, **threat}
+
+    def run(actions, **extra):
+        venv = DDIMSigmaVectorEnv(num_envs=n, **{**kw, **extra})
+        obs, _ = venv.reset(seed=70)
+        out = [obs["x_t"]]
+        for a in actions:
+            obs, r, term, _, info = venv.step(a)
+            out += [obs["x_t"], r, info["q_agent"], info["q_baseline"]]
+        out += [venv.sim.x0_agent.numpy(), venv.sim.x0_baseline.numpy(), info["q0_agent"], info["q0_baseline"]]
+        assert term.all()
+        return out, venv
+
+    plain = [run(a)[0] for a in schedules]
+    BASELINE_CACHE.clear()
+    first, _ = run(schedules[0], baseline_cache=True)  # records the baseline
+    assert BASELINE_CACHE.misses == n and len(BASELINE_CACHE) == n
+    calls = []
+    second_env = DDIMSigmaVectorEnv(num_envs=n, baseline_cache=True, **kw)
+    unet = second_env.sim.model.unet
+    hook = unet.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    try:
+        second, _ = run(schedules[1], baseline_cache=True)
+    finally:
+        hook.remove()
+    assert BASELINE_CACHE.hits == n
+    assert calls and set(calls) == {n}  # the reset's eps at t_c and every replayed step: the agent's N samples
+    for want, got in zip(plain[0] + plain[1], first + second, strict=True):
+        np.testing.assert_allclose(want, got, atol=1e-5)
+
+
+def test_baseline_cache_keys_on_the_configuration(kwargs_tiny) -> None:
+    BASELINE_CACHE.clear()
+    actions = np.full((2, 1), 0.5, dtype=np.float32)
+    for extra in ({}, {"attack": "shift", "attack_budget": 2.0}):
+        venv = DDIMSigmaVectorEnv(num_envs=2, baseline_cache=True, **{**kwargs_tiny, **extra})
+        venv.reset(seed=5)
+        for _ in range(4):
+            venv.step(actions)
+    assert BASELINE_CACHE.hits == 0 and len(BASELINE_CACHE) == 4  # another threat: another baseline
 
 
 def test_prefix_pool_limits_the_starting_states(kwargs_tiny) -> None:
