@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ConstantAction", "RandomAction", "SigmaPolicy"]
+__all__ = ["ConstantAction", "RandomAction", "SigmaPolicy", "TimeSchedule"]
 
 
 class SigmaPolicy:
@@ -55,3 +55,28 @@ class RandomAction(SigmaPolicy):
     def predict(self, observation, state=None, episode_start=None, deterministic=True):  # noqa: D102
         n = observation["t"].shape[0]
         return self.rng.uniform(0.0, 1.0, size=(n, 1)).astype(np.float32), None
+
+
+class TimeSchedule(SigmaPolicy):
+    """An action per step, a function of ``t`` only: ``actions[t_c - t]`` at step ``t`` (t = t_c, ..., 1).
+
+    Args:
+        actions: ``t_c`` values in [0, 1], the first for t = t_c, the last for t = 1.
+
+    Raises:
+        ValueError: if ``actions`` is empty or a value is outside [0, 1]; at ``predict``, a ``t`` outside
+            [1, len(actions)].
+    """
+
+    def __init__(self, actions: Any) -> None:
+        a = np.asarray(actions, dtype=np.float32).reshape(-1)
+        if a.size == 0 or not np.all((a >= 0.0) & (a <= 1.0)):
+            raise ValueError(f"actions must be a non-empty sequence of values in [0, 1], got {actions!r}")
+        self.actions = a
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True):  # noqa: D102
+        t = np.asarray(observation["t"]).reshape(-1).round().astype(int)
+        t_c = len(self.actions)
+        if t.min() < 1 or t.max() > t_c:
+            raise ValueError(f"t must be in [1, {t_c}] for a schedule of {t_c} steps, got {t.tolist()}")
+        return self.actions[t_c - t].reshape(-1, 1).copy(), None

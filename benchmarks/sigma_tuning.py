@@ -13,6 +13,7 @@ Usage::
 
     python -m benchmarks.sigma_tuning run B          # one named run of RUNS
     python -m benchmarks.sigma_tuning consts         # constant actions: r_1 and the paper's return
+    python -m benchmarks.sigma_tuning align          # time-only schedules: do the paper reward and r_1 agree?
     python -m benchmarks.sigma_tuning report
 """
 
@@ -126,6 +127,41 @@ def consts(grid: tuple[float, ...] = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> li
     return rows
 
 
+#: Time-only schedules at t_c = 20 (index 0 is t = 20): the edge everywhere, and the two halves at the edge
+#: with the other half at 0.66 (the level the time-only learner P settled at for t <= 10).
+ALIGN_SCHEDULES: dict[str, list[float]] = {
+    "a=1": [1.0] * 20,
+    "1 for t > 10, 0.66 for t <= 10": [1.0] * 10 + [0.66] * 10,
+    "0.66 for t > 10, 1 for t <= 10": [0.66] * 10 + [1.0] * 10,
+    "1 for t > 10, 0 for t <= 10": [1.0] * 10 + [0.0] * 10,
+}
+
+
+def align() -> list[dict[str, Any]]:
+    """Do the paper's per-step reward (Eq. 19-21) and r_1 rank time-dependent schedules alike? Each schedule of
+    :data:`ALIGN_SCHEDULES` on the 64 samples: mean r_1, and the mean return of the 'paper' and 'delta' rewards.
+    """
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.ppo_sigma import Args, env_kwargs
+    from agents.reference import TimeSchedule
+
+    rows = []
+    for name, actions in ALIGN_SCHEDULES.items():
+        row: dict[str, Any] = {"schedule": name}
+        for reward in ("paper", "delta"):
+            res = evaluate_policy(name, TimeSchedule(actions), {**env_kwargs(Args()), "reward": reward},
+                                  n_samples=N_EVAL, seed=EVAL_SEED, progress=False)  # fmt: skip
+            row["r1"] = float(res.r1.mean())
+            row[f"return_{reward}"] = float(res.episode_return.mean())
+            row[f"return_{reward}_std"] = float(res.episode_return.std(ddof=1))
+        rows.append(row)
+        print(row, flush=True)
+    data = _load()
+    data["align"] = rows
+    _save(data)
+    return rows
+
+
 def render(data: dict[str, Any]) -> str:
     """``docs/sigma_tuning.md`` from the stored records."""
     lines = ["# DDIMSigma-v0: why the learners stop short of the best constant", "",
@@ -149,6 +185,14 @@ def render(data: dict[str, Any]) -> str:
         std = "-" if r.get("final_log_std") is None else f"{r['final_log_std']:+.2f}"
         lines.append(f"| {name} | {over} | {r['total_timesteps']:,} | {r['r1']:+.3f} | {r['mean_a']:.3f} | "
                      f"{by_t[0]:.2f} / {by_t[len(by_t) // 2]:.2f} / {by_t[-1]:.2f} | {std} | {r['train_s']} |")  # fmt: skip
+    if data.get("align"):
+        lines += ["", "## Does the paper's per-step reward rank schedules like r_1?", "",
+                  "Time-only schedules on the same 64 samples (`python -m benchmarks.sigma_tuning align`): r_1 and the "
+                  "mean return of the paper's reward (Eq. 19-21, what the learners above maximise) and of `delta` "
+                  "(whose return is r_1 itself).", "",
+                  "| schedule (t_c = 20) | mean r_1 | mean return, paper | mean return, delta |", "|---|---|---|---|"]  # fmt: skip
+        for r in data["align"]:
+            lines.append(f"| {r['schedule']} | {r['r1']:+.3f} | {r['return_paper']:+.2f} | {r['return_delta']:+.3f} |")
     lines += ["", "## Reading", ""] + _reading(data)
     return "\n".join(lines) + "\n"
 
@@ -218,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("names", nargs="+", choices=sorted(RUNS))
     r.add_argument("--out-root", default="runs/sigma_tuning")
     sub.add_parser("consts")
+    sub.add_parser("align")
     sub.add_parser("report")
     ns = parser.parse_args(argv)
     if ns.command == "run":
@@ -225,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
             print(name, run(name, Path(ns.out_root)), flush=True)
     elif ns.command == "consts":
         consts()
+    elif ns.command == "align":
+        align()
     DOC.write_text(render(_load()))
     print(DOC)
 

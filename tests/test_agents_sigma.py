@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from agents.evaluate_sigma import evaluate_policy, markdown_table, save_figure, summarize, write_report
-from agents.reference import ConstantAction, RandomAction
+from agents.reference import ConstantAction, RandomAction, TimeSchedule
 
 
 @pytest.fixture()
@@ -53,6 +53,13 @@ def test_reference_policies() -> None:
     assert ((a1 >= 0) & (a1 <= 1)).all()
     with pytest.raises(ValueError, match=r"a must be in \[0, 1\], got 1.5"):
         ConstantAction(1.5)
+    sched = TimeSchedule([0.9, 0.5, 0.1])  # t = 3, 2, 1
+    obs_t = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.array([[3.0], [1.0], [2.0]], np.float32)}
+    np.testing.assert_allclose(sched.predict(obs_t)[0], [[0.9], [0.1], [0.5]])
+    with pytest.raises(ValueError, match=r"t must be in \[1, 3\]"):
+        sched.predict({"x_t": obs_t["x_t"][:1], "t": np.array([[4.0]], np.float32)})
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        TimeSchedule([0.5, 1.2])
 
 
 def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
