@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from agents.evaluate_sigma import (
     evaluate_policy,
     markdown_table,
@@ -55,11 +57,13 @@ def main(argv: list[str] | None = None) -> None:
     results = [evaluate_policy("PPO", model, kw, n_samples=n_samples, seed=10_000)]
     results += [evaluate_policy(n, p, kw, n_samples=n_samples, seed=10_000) for n, p in reference_policies().items()]
     rows = summarize(results)
-    meta = {"env_kwargs": kw, "ppo_args": vars(args), "train_seconds": round(train_s, 1), "n_samples": n_samples}
+    meta = {"env_kwargs": kw, "ppo_args": vars(args), "train_seconds": round(train_s, 1), "n_samples": n_samples,
+            "ppo_action_by_t": [round(float(v), 3) for v in results[0].action_by_t],
+            "paired_vs_best": _paired_vs_best(results, rows)}  # fmt: skip
     write_report(rows, meta, out)
     save_figure(results[0], out / "x0_agent_vs_baseline.png", f"PPO vs sigma=0 under the timestep attack, t_c={args.t_c}")
     print(markdown_table(rows))
-    print(_reading(rows))
+    print(_reading(rows, meta))
     print("The full benchmark (every t_c, threats, agents, seeds): docs/sigma_benchmark.md "
           "(python -m benchmarks.sigma_benchmark)")  # fmt: skip
     if docs is not None:
@@ -68,20 +72,47 @@ def main(argv: list[str] | None = None) -> None:
           f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
 
 
-def _reading(rows: list[dict]) -> str:
+def _paired_vs_best(results: list, rows: list[dict]) -> dict:
+    """PPO's r_1 minus the best constant's on the same samples: mean and a 95% t-interval of the paired difference."""
+    from scipy import stats
+
+    best = max((r for r in rows if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
+    ppo_r1 = next(r for r in results if r.name == "PPO").r1
+    diff = ppo_r1 - next(r for r in results if r.name == best["schedule"]).r1
+    half = float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return {"best": best["schedule"], "mean": float(diff.mean()), "ci95": [float(diff.mean()) - half, float(diff.mean()) + half]}
+
+
+def _reading(rows: list[dict], meta: dict | None = None) -> str:
     """One generated paragraph: how the learnt policy compares with the best reference schedule."""
     ppo = next(r for r in rows if r["schedule"] == "PPO")
     best = max((r for r in rows if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
     lo, hi = ppo["r1_ci95"]
     verdict = ("beats" if lo > best["mean_r1"] else "matches" if hi >= best["mean_r1"] else "is below")
+    paired = ""
+    if meta and meta.get("paired_vs_best"):
+        pv = meta["paired_vs_best"]
+        paired = (f" Paired on the same samples, PPO minus {pv['best']}: {pv['mean']:+.4f} "
+                  f"[{pv['ci95'][0]:+.4f}, {pv['ci95'][1]:+.4f}].")  # fmt: skip
+    by_t = ""
+    if meta and meta.get("ppo_action_by_t"):
+        a = meta["ppo_action_by_t"]
+        by_t = f" PPO's deterministic action from t = {len(a)} down to t = 1: {', '.join(f'{v:.2f}' for v in a)}."
     return (f"PPO (mean action {ppo['mean_eta']:.2f}) {verdict} the best constant action of the grid, "
             f"{best['schedule']} (mean r_1 {best['mean_r1']:+.4f}; PPO {ppo['mean_r1']:+.4f} [{lo:+.4f}, {hi:+.4f}]: "
-            "'matches' means PPO's 95% CI reaches the best constant's mean). On this model the paper's timestep "
+            "'matches' means PPO's 95% CI reaches the best constant's mean)." + paired + by_t + " On this model the paper's timestep "
             "attack has no measurable effect ([attack_effect.md](attack_effect.md), [threats.md](threats.md)), so "
             "the gain over sigma = 0 comes from the stochastic steps near t = 0 as the embedded scorer rates them; "
             "[fidelity.md](fidelity.md) checks it against independent quality measures (KID / FID agree, slightly). "
-            "Why the learner stops short of the edge a = 1 of the action box, and what was tried: "
-            "[sigma_tuning.md](sigma_tuning.md).")
+            + ("Why the learner stops short of the edge a = 1 of the action box, and what was tried: "
+               if verdict == "is below" else "What the learner needed to get here, and what did not help: ")
+            + "[sigma_tuning.md](sigma_tuning.md).")
+
+
+def _features(ppo_args: dict) -> str:
+    if ppo_args.get("observe", "x_t,t") == "t":
+        return "t only (ablation)"
+    return "a small CNN code of x_t next to t" if ppo_args.get("extractor") == "cnn" else "flat x_t and t"
 
 
 def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str) -> None:
@@ -99,7 +130,8 @@ def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str
         "do not edit by hand. Raw data: [demo_eval.json](demo_eval.json) (a copy of that run's `runs/demo/eval.json`).",
         "",
         f"Env: `{meta['env_kwargs']}`. PPO: {meta['ppo_args']['total_timesteps']} steps, {meta['ppo_args']['num_envs']} envs, "
-        f"gamma {meta['ppo_args']['gamma']}, clip {meta['ppo_args']['clip_range']}, MLP policy; training took "
+        f"gamma {meta['ppo_args']['gamma']}, clip {meta['ppo_args']['clip_range']}, MLP policy on "
+        f"{_features(meta['ppo_args'])}, trained on the `{meta['ppo_args'].get('reward', 'paper')}` reward; training took "
         f"{meta['train_seconds']:.0f} s. Evaluation: {meta['n_samples']} samples under the paper's attack, the same "
         "x_T and draws for every schedule; r_1 = Q(x_0) of the schedule minus Q(x_0) of sigma = 0 (seed 000 Eq. 18). "
         "Action a: sigma = a * sqrt(1 - alpha_bar[t-1]) (a = 0 is the sigma = 0 baseline itself).",
@@ -108,7 +140,10 @@ def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str
         "",
         "Schedules whose mean r_1 differs from 0 at 95% confidence: " + (", ".join(sig) if sig else "none") + ".",
         "",
-        _reading(rows),
+        _reading(rows, meta),
+        "",
+        "The whole benchmark (every t_c, both threats, PPO / SAC / TQC / RecurrentPPO, seeds, rliable aggregates): "
+        "[sigma_benchmark.md](sigma_benchmark.md) (`python -m benchmarks.sigma_benchmark`).",
         "",
         "![agent vs baseline](figures/demo_x0.png)",
         "",
