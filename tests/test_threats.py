@@ -8,7 +8,7 @@ import torch
 
 from robust_envs.diffusion import TimestepAttack, TimestepDefence, attacked_eps, load_noise_model
 from robust_envs.diffusion.attack import _adaptive_timestep, _state_pgd
-from robust_envs.envs.ddim_sigma import BASELINE_CACHE, PREFIX_CACHE, DDIMSigmaEnv, DDIMSigmaVectorEnv
+from robust_envs.envs.ddim_sigma import BASELINE_CACHE, PREFIX_CACHE, BaselineCache, DDIMSigmaEnv, DDIMSigmaVectorEnv
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,12 @@ def test_baseline_cache_keys_on_the_configuration(kwargs_tiny) -> None:
         for _ in range(4):
             venv.step(actions)
     assert BASELINE_CACHE.hits == 0 and len(BASELINE_CACHE) == 4  # another threat: another baseline
+    per_sample = BASELINE_CACHE.nbytes // 4
+    small = BaselineCache(max_bytes=2 * per_sample)
+    for seed in range(3):
+        small.put(("config", seed), *next(iter(BASELINE_CACHE._store.values())))
+    assert len(small) == 2 and small.nbytes == 2 * per_sample  # the oldest sample made room
+    assert small.get_all([("config", 0)]) is None and small.get_all([("config", 1), ("config", 2)]) is not None
 
 
 def test_prefix_pool_limits_the_starting_states(kwargs_tiny) -> None:
