@@ -112,7 +112,7 @@ def _reading(rows: list[dict], meta: dict | None = None) -> str:
 def _features(ppo_args: dict) -> str:
     if ppo_args.get("observe", "x_t,t") == "t":
         return "t only (ablation)"
-    return "a small CNN code of x_t next to t" if ppo_args.get("extractor") == "cnn" else "flat x_t and t"
+    return "flat x_t and t" if ppo_args.get("extractor") == "flatten" else "a small CNN code of x_t next to t"
 
 
 def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str) -> None:

@@ -70,8 +70,10 @@ class Args:
     """'shift' / 'adaptive': timestep units; 'state': Linf radius in model space"""
     defence: str = "none"
     """timestep defence: 'none', 'round' or 'share'"""
-    reward: str = "paper"
-    """env reward: 'paper' (seed 000 Eq. 19-21), 'delta' (shaped: the return is exactly r_1) or 'final'"""
+    reward: str = "delta"
+    """training reward: 'delta' (default; shaped so that the return is exactly r_1, the paper's evaluation statistic,
+    Eq. 18), 'paper' (seed 000 Eq. 19-21, per-step quality differences) or 'final'; docs/sigma_tuning.md: the
+    steps t <= 10 move the paper's return by 0.06 of its per-episode std, the delta return by 0.14"""
     evaluator: str = "levels"
     """quality evaluator: 'levels' (embedded), 'qalign' (GPU + weights) or a pyiqa NR metric"""
     model: str = "embedded"
@@ -80,7 +82,7 @@ class Args:
     """torch device for the env's networks ('auto': CUDA if available)"""
     num_envs: int = 16
     """episodes stepped in lockstep by the batched env"""
-    total_timesteps: int = 8192
+    total_timesteps: int = 32768
     """env steps of training (all envs together)"""
     n_steps: int = 32
     """PPO / RecurrentPPO: rollout length per env per update"""
@@ -101,9 +103,10 @@ class Args:
     distribution: str = "gaussian"
     """PPO's action distribution: 'gaussian' (SB3's, samples clipped to the box) or 'beta' (agents/beta_policy.py,
     Chou et al. 2017: support equal to the box, mode as the deterministic action)"""
-    extractor: str = "flatten"
-    """PPO / SAC / TQC features: 'flatten' (SB3's CombinedExtractor: 784 pixels and t side by side) or 'cnn'
-    (agents/sigma_extractor.py: a small CNN code of x_t next to t)"""
+    extractor: str = "auto"
+    """features: 'cnn' (agents/sigma_extractor.py: a small CNN code of x_t next to t), 'flatten' (SB3's
+    CombinedExtractor: 784 normalised pixels and t side by side, which drowns t) or 'auto' (default: 'cnn' when
+    the learner sees x_t, 'flatten' for the time-only ablation)"""
     use_sde: bool = False
     """PPO / SAC / TQC: generalised state-dependent exploration (Raffin et al. 2022, SB3's gSDE): the exploration
     noise matrix is drawn once per `sde_sample_freq` steps, so one episode's 20 actions move together"""
@@ -137,8 +140,8 @@ class Args:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.distribution not in ("gaussian", "beta"):
             raise ValueError(f"distribution must be 'gaussian' or 'beta', got {self.distribution!r}")
-        if self.extractor not in ("flatten", "cnn"):
-            raise ValueError(f"extractor must be 'flatten' or 'cnn', got {self.extractor!r}")
+        if self.extractor not in ("auto", "flatten", "cnn"):
+            raise ValueError(f"extractor must be 'auto', 'flatten' or 'cnn', got {self.extractor!r}")
         if self.extractor == "cnn" and self.observe != "x_t,t":
             raise ValueError(f"extractor='cnn' needs observe='x_t,t', got observe={self.observe!r}")
         if self.distribution == "beta" and self.use_sde:
@@ -153,6 +156,14 @@ class Args:
                     raise ValueError
             except ValueError:
                 raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number >= 0, got {self.ent_coef!r}") from None
+
+
+def resolved_extractor(args: Any) -> str:
+    """``args.extractor`` with 'auto' resolved: 'cnn' when the learner sees x_t, 'flatten' for time-only."""
+    extractor = getattr(args, "extractor", "flatten")
+    if extractor == "auto":
+        return "cnn" if getattr(args, "observe", "x_t,t") == "x_t,t" else "flatten"
+    return extractor
 
 
 def env_kwargs(args: Any) -> dict[str, Any]:
@@ -315,7 +326,7 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
     common = {"learning_rate": args.learning_rate, "gamma": args.gamma, "seed": args.seed, "verbose": 0,
               "tensorboard_log": str(out / "tb") if args.tensorboard else None, "device": "cpu"}  # the policy is tiny; the env's nets use args.device
     policy_kwargs: dict[str, Any] = {"log_std_init": args.log_std_init}
-    if getattr(args, "extractor", "flatten") == "cnn":
+    if resolved_extractor(args) == "cnn":
         from agents.sigma_extractor import SigmaCnnExtractor
 
         policy_kwargs["features_extractor_class"] = SigmaCnnExtractor

@@ -129,8 +129,12 @@ def test_learner_args_reject_bad_values() -> None:
         Args(algo="sac", gradient_steps=0)
     with pytest.raises(ValueError, match="ent_coef must be .* got 'lots'"):
         Args(algo="sac", ent_coef="lots")
-    with pytest.raises(ValueError, match="extractor must be 'flatten' or 'cnn', got 'vit'"):
+    with pytest.raises(ValueError, match="extractor must be 'auto', 'flatten' or 'cnn', got 'vit'"):
         Args(extractor="vit")
+    from agents.ppo_sigma import parse_args, resolved_extractor
+
+    assert resolved_extractor(Args()) == "cnn" and resolved_extractor(Args(observe="t")) == "flatten"
+    assert resolved_extractor(parse_args(["--observe", "t"])) == "flatten"
     with pytest.raises(ValueError, match="needs observe='x_t,t'"):
         Args(extractor="cnn", observe="t")
 
