@@ -71,6 +71,7 @@ RUNS: dict[str, dict[str, Any]] = {
     "S": {**_PPO, "learning_rate": 3e-3, "observe": "t", "reward": "delta", "total_timesteps": 32768},
     # R's recipe (the Args defaults since) with other training seeds: how much does one run vary?
     "R1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 1},
+    "R2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 2},
 }
 
 
