@@ -70,8 +70,9 @@ THREATS: dict[str, dict[str, Any]] = {
 
 #: Agents and their training budgets (:class:`agents.ppo_sigma.Args` overrides). The paper's PPO (the Args
 #: defaults, run R of docs/sigma_tuning.md: CNN code of x_t next to t, `delta` reward, 32,768 steps); SAC, TQC
-#: (SB3's learning rate and batch, log std -1, one gradient step per transition: runs K, L there) and
-#: RecurrentPPO for the agent-agnostic check. Budgets are sized for a 2-core CPU (docs/sigma_benchmark.md).
+#: (SB3's learning rate and batch, log std -1, one gradient step per transition as in run K there, which used
+#: the flat features and the paper's reward; here they share PPO's features and reward) and RecurrentPPO for
+#: the agent-agnostic check. Budgets are sized for a 2-core CPU (docs/sigma_benchmark.md).
 AGENTS: dict[str, dict[str, Any]] = {
     "ppo": {"algo": "ppo", "total_timesteps": 32768},
     "sac": {"algo": "sac", "total_timesteps": 8192, "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},

@@ -158,6 +158,8 @@ class PrefixCache:
 
 #: One process-wide cache: envs with the same configuration share entries (the key holds the configuration).
 PREFIX_CACHE = PrefixCache()
+
+
 class BaselineCache:
     """Memo of the sigma = 0 baseline trajectory below ``t_c`` per episode seed (opt-in: ``baseline_cache``).
 
