@@ -109,7 +109,11 @@ class Args:
     extractor: str = "auto"
     """features: 'cnn' (agents/sigma_extractor.py: a small CNN code of x_t next to t), 'flatten' (SB3's
     CombinedExtractor: 784 normalised pixels and t side by side, which drowns t) or 'auto' (default: 'cnn' when
-    the learner sees x_t, 'flatten' for the time-only ablation)"""
+    the learner sees x_t, 'flatten' for the time-only ablation) or 'cnn_gated' (the CNN code behind a gate started
+    at zero: the policy starts time-only, ReZero-style)"""
+    share_extractor: bool = True
+    """PPO / RecurrentPPO: one features extractor for the actor and the critic (SB3's default); False gives each
+    its own, so the value loss does not shape the actor's image code"""
     use_sde: bool = False
     """PPO / SAC / TQC: generalised state-dependent exploration (Raffin et al. 2022, SB3's gSDE): the exploration
     noise matrix is drawn once per `sde_sample_freq` steps, so one episode's 20 actions move together"""
@@ -143,10 +147,10 @@ class Args:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.distribution not in ("gaussian", "beta"):
             raise ValueError(f"distribution must be 'gaussian' or 'beta', got {self.distribution!r}")
-        if self.extractor not in ("auto", "flatten", "cnn"):
-            raise ValueError(f"extractor must be 'auto', 'flatten' or 'cnn', got {self.extractor!r}")
-        if self.extractor == "cnn" and self.observe != "x_t,t":
-            raise ValueError(f"extractor='cnn' needs observe='x_t,t', got observe={self.observe!r}")
+        if self.extractor not in ("auto", "flatten", "cnn", "cnn_gated"):
+            raise ValueError(f"extractor must be 'auto', 'flatten', 'cnn' or 'cnn_gated', got {self.extractor!r}")
+        if self.extractor.startswith("cnn") and self.observe != "x_t,t":
+            raise ValueError(f"extractor={self.extractor!r} needs observe='x_t,t', got observe={self.observe!r}")
         if self.distribution == "beta" and self.use_sde:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
@@ -330,10 +334,13 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
     common = {"learning_rate": args.learning_rate, "gamma": args.gamma, "seed": args.seed, "verbose": 0,
               "tensorboard_log": str(out / "tb") if args.tensorboard else None, "device": "cpu"}  # the policy is tiny; the env's nets use args.device
     policy_kwargs: dict[str, Any] = {"log_std_init": args.log_std_init}
-    if resolved_extractor(args) == "cnn":
+    if resolved_extractor(args).startswith("cnn"):
         from agents.sigma_extractor import SigmaCnnExtractor
 
         policy_kwargs["features_extractor_class"] = SigmaCnnExtractor
+        policy_kwargs["features_extractor_kwargs"] = {"gated": resolved_extractor(args) == "cnn_gated"}
+    if args.algo in ("ppo", "recurrent_ppo") and not getattr(args, "share_extractor", True):
+        policy_kwargs["share_features_extractor"] = False
     if args.algo in ("ppo", "recurrent_ppo"):
         policy: Any = "MultiInputPolicy" if args.algo == "ppo" else "MultiInputLstmPolicy"
         if getattr(args, "distribution", "gaussian") == "beta":

@@ -7,8 +7,14 @@ extractor encodes ``x_t`` with a small CNN (two strided 4x4 convolutions, as the
 layers deep, to a ``cnn_dim`` vector) and concatenates ``t`` (and its square) to it, so that the MLP sees
 ``cnn_dim + 2`` features of which two carry the time.
 
+With ``gated=True`` the image code is multiplied by a per-feature gate that starts at zero (ReZero, Bachlechner
+et al. 2021, "ReZero is All You Need"): the policy and value start as functions of ``t`` alone and the image
+enters only as far as the gradient on the gate finds it useful. The gate is a plain parameter, so SB3's
+orthogonal re-initialisation of every Linear and Conv2d (``ortho_init``) leaves it at zero; the code goes
+through ``tanh`` there, not ``ReLU``, so that it is not clamped at zero where the gate is.
+
 Use: ``policy_kwargs={"features_extractor_class": SigmaCnnExtractor, "features_extractor_kwargs": {"cnn_dim": 16}}``
-(``agents.ppo_sigma.Args(extractor="cnn")``).
+(``agents.ppo_sigma.Args(extractor="cnn")``; ``extractor="cnn_gated"`` for the gated code).
 """
 
 from __future__ import annotations
@@ -28,12 +34,13 @@ class SigmaCnnExtractor(BaseFeaturesExtractor):
         observation_space: a Dict space with keys ``x_t`` (Box of shape ``(C, H, W)``, ``H, W >= 8``) and ``t``
             (Box of shape ``(1,)``).
         cnn_dim: width of the image code (>= 1).
+        gated: multiply the image code by a gate vector started at zero (see the module docstring).
 
     Raises:
         ValueError: a space without those keys or shapes, or ``cnn_dim < 1``.
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, cnn_dim: int = 16) -> None:
+    def __init__(self, observation_space: gym.spaces.Dict, cnn_dim: int = 16, gated: bool = False) -> None:
         if not isinstance(observation_space, gym.spaces.Dict) or set(observation_space.spaces) != {"x_t", "t"}:
             raise ValueError(f"SigmaCnnExtractor needs a Dict space with keys 'x_t' and 't', got {observation_space}")
         shape = observation_space.spaces["x_t"].shape
@@ -48,8 +55,12 @@ class SigmaCnnExtractor(BaseFeaturesExtractor):
         )  # fmt: skip
         with torch.no_grad():
             n_flat = self.cnn(torch.zeros(1, *shape)).shape[1]
-        self.head = nn.Sequential(nn.Linear(n_flat, cnn_dim), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(n_flat, cnn_dim), nn.Tanh() if gated else nn.ReLU())
+        self.gate = nn.Parameter(torch.zeros(cnn_dim)) if gated else None
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         t = observations["t"].reshape(-1, 1)
-        return torch.cat([self.head(self.cnn(observations["x_t"])), t, t * t], dim=1)
+        code = self.head(self.cnn(observations["x_t"]))
+        if self.gate is not None:
+            code = code * self.gate
+        return torch.cat([code, t, t * t], dim=1)

@@ -72,6 +72,17 @@ RUNS: dict[str, dict[str, Any]] = {
     # R's recipe (the Args defaults since) with other training seeds: how much does one run vary?
     "R1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 1},
     "R2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 2},
+    # R1 and R2 stopped at low a near t_c where the time-only S did not: is it the image code? T: the actor and
+    # critic each get their own CNN (the value loss no longer shapes the actor's code); U: the code behind a gate
+    # started at zero (ReZero), so the learner starts time-only. On R1's seed, then R2's.
+    "T1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 1,
+           "share_extractor": False},
+    "U1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "seed": 1},
+    "T2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 2,
+           "share_extractor": False},
+    "U2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "seed": 2},
 }
 
 

@@ -77,13 +77,14 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
     assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
 
 
-@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "sac", "tqc", "recurrent_ppo"])
+@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "ppo_gated_unshared", "sac", "tqc", "recurrent_ppo"])
 def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, algo) -> None:
     """The agent-agnostic check: each learner on the same env, through the same policy wrapper."""
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
     extra = {"ppo_beta": {"distribution": "beta"}, "ppo_cnn_sde": {"extractor": "cnn", "use_sde": True},
+             "ppo_gated_unshared": {"extractor": "cnn_gated", "share_extractor": False},
              "sac": {"gradient_steps": 2}}.get(algo, {})  # fmt: skip
     args = Args(algo=algo.split("_")[0] if algo.startswith("ppo") else algo, **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
                 n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
@@ -129,14 +130,14 @@ def test_learner_args_reject_bad_values() -> None:
         Args(algo="sac", gradient_steps=0)
     with pytest.raises(ValueError, match="ent_coef must be .* got 'lots'"):
         Args(algo="sac", ent_coef="lots")
-    with pytest.raises(ValueError, match="extractor must be 'auto', 'flatten' or 'cnn', got 'vit'"):
+    with pytest.raises(ValueError, match="extractor must be 'auto', 'flatten', 'cnn' or 'cnn_gated', got 'vit'"):
         Args(extractor="vit")
     from agents.ppo_sigma import parse_args, resolved_extractor
 
     assert resolved_extractor(Args()) == "cnn" and resolved_extractor(Args(observe="t")) == "flatten"
     assert resolved_extractor(parse_args(["--observe", "t"])) == "flatten"
-    with pytest.raises(ValueError, match="needs observe='x_t,t'"):
-        Args(extractor="cnn", observe="t")
+    with pytest.raises(ValueError, match="extractor='cnn_gated' needs observe='x_t,t'"):
+        Args(extractor="cnn_gated", observe="t")
 
 
 def test_cnn_extractor_keeps_t_as_a_feature_and_rejects_other_spaces() -> None:
@@ -155,6 +156,40 @@ def test_cnn_extractor_keeps_t_as_a_feature_and_rejects_other_spaces() -> None:
         SigmaCnnExtractor(gym.spaces.Dict({"t": space.spaces["t"]}))
     with pytest.raises(ValueError, match="H, W >= 8"):
         SigmaCnnExtractor(gym.spaces.Dict({"x_t": gym.spaces.Box(-5, 5, (1, 4, 4)), "t": space.spaces["t"]}))
+
+
+def test_gated_extractor_starts_time_only_and_opens_under_training() -> None:
+    """ReZero gate: zero image code at init, also after SB3's orthogonal init; one PPO update moves the gate."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+
+    from agents.sigma_extractor import SigmaCnnExtractor
+
+    space = gym.spaces.Dict({"x_t": gym.spaces.Box(-5, 5, (1, 8, 8), np.float32), "t": gym.spaces.Box(0, 4, (1,), np.float32)})
+
+    class Bandit(gym.Env):
+        observation_space, action_space = space, gym.spaces.Box(0, 1, (1,), np.float32)
+
+        def reset(self, seed=None, options=None):  # type: ignore[no-untyped-def]
+            super().reset(seed=seed)
+            return self.observation_space.sample(), {}
+
+        def step(self, action):  # type: ignore[no-untyped-def]
+            obs = self.observation_space.sample()
+            return obs, float(action[0]) * float(obs["x_t"].mean()), False, True, {}  # the best action depends on x_t
+
+    model = PPO("MultiInputPolicy", Bandit(), n_steps=32, batch_size=16, n_epochs=2, seed=0, device="cpu",
+                policy_kwargs={"features_extractor_class": SigmaCnnExtractor, "features_extractor_kwargs": {"gated": True}})  # fmt: skip
+    ext = model.policy.features_extractor
+    assert ext.gate is not None and torch.count_nonzero(ext.gate) == 0
+    obs, t = torch.randn(3, 1, 8, 8), torch.tensor([[1.0], [1.0], [1.0]])
+    feats = ext({"x_t": obs, "t": t})
+    torch.testing.assert_close(feats[:, :16], torch.zeros(3, 16))  # same t -> same features, whatever x_t
+    model.learn(64)
+    assert torch.count_nonzero(ext.gate) > 0
+    assert not torch.allclose(ext({"x_t": obs, "t": t})[0], ext({"x_t": obs, "t": t})[1])
+    assert SigmaCnnExtractor(space, cnn_dim=4).gate is None  # the ungated default is unchanged
 
 
 def test_sb3_policy_undoes_the_training_transforms() -> None:

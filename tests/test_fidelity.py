@@ -17,7 +17,7 @@ from robust_envs.quality.fidelity import (
     piqe,
 )
 
-KEYS = {"kid_mean", "kid_std", "fid", "piqe_mean", "classifier_confidence_mean"}
+KEYS = {"kid_mean", "kid_std", "fid", "piqe_mean", "piqe_undefined", "classifier_confidence_mean"}
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +136,17 @@ def test_independent_quality_keys(fidelity: FeatureFidelity, held_out: torch.Ten
     assert 0 <= out["piqe_mean"] <= 100 and 0.1 <= out["classifier_confidence_mean"] <= 1
     scores = piqe(held_out[:3])
     assert scores.shape == (3,) and ((scores >= 0) & (scores <= 100)).all()
+    assert out["piqe_undefined"] == 0
+
+
+def test_independent_quality_skips_and_counts_images_without_a_piqe(fidelity: FeatureFidelity, held_out: torch.Tensor) -> None:
+    """An all-black image has no PIQE (pyiqa: NaN); the mean is over the other images, and the blank is counted."""
+    x0 = held_out[:6].clone()
+    x0[:2] = 0.0
+    assert torch.isnan(piqe(x0[:1])).all()
+    out = independent_quality(x0, fidelity=fidelity)
+    assert out["piqe_undefined"] == 2
+    assert out["piqe_mean"] == pytest.approx(float(piqe(held_out[2:6]).mean()), rel=1e-5)
 
 
 def test_sigma_benchmark_independent_measures(held_out: torch.Tensor) -> None:

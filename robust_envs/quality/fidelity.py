@@ -297,7 +297,9 @@ def _piqe_metric(device: str) -> nn.Module:
 def piqe(images: torch.Tensor) -> torch.Tensor:
     """PIQE (Venkatanath et al. 2015) per image via pyiqa: ``(N,)`` float32 in [0, 100], lower is better.
 
-    Grey images are repeated to three channels (pyiqa's input). No weights are downloaded.
+    Grey images are repeated to three channels (pyiqa's input). No weights are downloaded. pyiqa returns NaN for
+    an image without any active block (measured: an all-black image; a uniform grey one scores 100); those stay
+    NaN here, and :func:`independent_quality` averages over the other images and counts them.
 
     Raises:
         ValueError: on images of the wrong type, shape or range (naming the value).
@@ -316,9 +318,10 @@ def independent_quality(x0: torch.Tensor, fidelity: FeatureFidelity | None = Non
             device and cached.
 
     Returns:
-        ``{"kid_mean", "kid_std", "fid", "piqe_mean", "classifier_confidence_mean"}``: KID mean and std over
-        subsets, FID (lower better, see :class:`FeatureFidelity`), mean PIQE in [0, 100] (lower better) and
-        mean classifier confidence in [0.1, 1].
+        ``{"kid_mean", "kid_std", "fid", "piqe_mean", "piqe_undefined", "classifier_confidence_mean"}``: KID mean
+        and std over subsets, FID (lower better, see :class:`FeatureFidelity`), mean PIQE in [0, 100] (lower
+        better) over the images where PIQE is defined, the number of images where it is not (all-black images;
+        NaN mean if none is defined) and mean classifier confidence in [0.1, 1].
 
     Raises:
         ValueError: on images of the wrong type, shape or range, or fewer than 2 images.
@@ -326,10 +329,13 @@ def independent_quality(x0: torch.Tensor, fidelity: FeatureFidelity | None = Non
     _check_images(x0, "x0")
     fidelity = fidelity if fidelity is not None else _default_fidelity(str(x0.device))
     kid = fidelity.kid(x0)
+    piqe_all = piqe(x0)
+    defined = torch.isfinite(piqe_all)
     return {
         "kid_mean": kid.mean,
         "kid_std": kid.std,
         "fid": fidelity.fid(x0),
-        "piqe_mean": float(piqe(x0).mean()),
+        "piqe_mean": float(piqe_all[defined].mean()) if bool(defined.any()) else float("nan"),
+        "piqe_undefined": float((~defined).sum()),
         "classifier_confidence_mean": float(fidelity.confidence(x0).mean()),
     }
