@@ -503,7 +503,7 @@ def _independent_table(cells: dict) -> list[str]:
             nr = next((f"{k} {v:.3f}" for k, v in ind.items() if k.endswith("_mean") and not k.startswith("kid")
                        and not k.startswith("classifier")), "-")  # fmt: skip
             if ind.get("piqe_undefined", 0) > 0:
-                nr += f" ({ind['piqe_undefined']:.0f} all-black images: PIQE undefined)"
+                nr += f" ({ind['piqe_undefined']:.0f} images without an active block: PIQE undefined)"
             elif nr.endswith("nan"):
                 nr += " (PIQE undefined on some image; rerun the entry for the mean over the others)"
             lines.append(f"| {threat} | {t_c} | {r['schedule']} | {r['mean_r1']:+.3f} | "

@@ -140,7 +140,8 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "The pool trades x_T diversity for speed: P pool entries give P distinct x_{t_c} per configuration "
                   "(the steps from t_c down keep their own random draws). The learners train with P = 256; every "
                   "evaluation uses fresh x_T (the exact prefix cache)."]  # fmt: skip
-    lines += ["", "GPU table: pending (no GPU has run this benchmark yet)."]
+    lines += ["", "What a faster forward would give (channels_last, torch.compile, CUDA graphs, autocast), measured on the "
+              "network alone: [unet_speed.md](unet_speed.md).", "", "GPU table: pending (no GPU has run this benchmark yet)."]
     return "\n".join(lines) + "\n"
 
 

@@ -320,8 +320,8 @@ def independent_quality(x0: torch.Tensor, fidelity: FeatureFidelity | None = Non
     Returns:
         ``{"kid_mean", "kid_std", "fid", "piqe_mean", "piqe_undefined", "classifier_confidence_mean"}``: KID mean
         and std over subsets, FID (lower better, see :class:`FeatureFidelity`), mean PIQE in [0, 100] (lower
-        better) over the images where PIQE is defined, the number of images where it is not (all-black images;
-        NaN mean if none is defined) and mean classifier confidence in [0.1, 1].
+        better) over the images where PIQE is defined, the number of images where it is not (no active block,
+        e.g. an all-black image; NaN mean if none is defined) and mean classifier confidence in [0.1, 1].
 
     Raises:
         ValueError: on images of the wrong type, shape or range, or fewer than 2 images.
