@@ -83,6 +83,9 @@ RUNS: dict[str, dict[str, Any]] = {
            "share_extractor": False},
     "U2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "seed": 2},
+    "U0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768},
+    # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
+    "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
 
 
