@@ -313,6 +313,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
                 out.append("- R's recipe across training seeds: " + "; ".join(
                     f"{n} (seed {runs[n]['overrides'].get('seed', 0)}): mean action {runs[n]['mean_a']:.2f}, r_1 "
                     f"{runs[n]['r1']:+.3f}" for n in seeds) + "." + _demo_sentence())  # fmt: skip
+        out += _image_code_lines(runs, by_r1 if c else None)
         for n in ("O", "Q"):
             if n in runs:
                 by_t = runs[n]["a_by_t"]
@@ -325,6 +326,30 @@ def _reading(data: dict[str, Any]) -> list[str]:
                            f"{min(by_t):.2f} at t = {len(by_t) - lo}, {by_t[-1]:.2f} at t = 1 (mean {runs[n]['mean_a']:.2f})"
                            + versus + ".")  # fmt: skip
                 break
+    return out
+
+
+def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list[str]:
+    """R / T / U per training seed (shared CNN code, unshared, gated), and the gated code at half the budget (V0)."""
+    def cell(n: str) -> str:
+        return f"{n} {runs[n]['mean_a']:.2f} / {runs[n]['r1']:+.3f}" if n in runs else f"{n} -"
+
+    out = []
+    seeds = [(seed, "R" if seed == 0 else f"R{seed}", f"T{seed}", f"U{seed}") for seed in (0, 1, 2)]
+    seeds = [row for row in seeds if any(n in runs for n in row[2:])]
+    if seeds:
+        out.append("- The image code, per training seed (mean action / r_1; R: one CNN shared by actor and critic, the "
+                   "defaults before; T: actor and critic each with its own CNN; U: the code behind a gate started at zero, "
+                   "ReZero): " + "; ".join(f"seed {seed}: {cell(r)}, {cell(t)}, {cell(u)}" for seed, r, t, u in seeds)
+                   + (f" (a = 1: {edge['r1']:+.3f})" if edge else "") + ".")  # fmt: skip
+        gated = [n for _, _, _, n in seeds if n in runs]
+        low = [n for n in gated if runs[n]["mean_a"] < 0.95]
+        out.append(f"- The gated code reaches mean action >= 0.95 in {len(gated) - len(low)} of {len(gated)} seeds "
+                   f"({', '.join(gated)})" + (f"; not in {', '.join(low)}" if low else "") + ".")  # fmt: skip
+    if "V0" in runs and "U0" in runs:
+        out.append(f"- Half the budget for the gated code (V0, 16,384 steps, against U0): mean action "
+                   f"{runs['U0']['mean_a']:.2f} -> {runs['V0']['mean_a']:.2f}, r_1 {runs['U0']['r1']:+.3f} -> "
+                   f"{runs['V0']['r1']:+.3f}.")  # fmt: skip
     return out
 
 
