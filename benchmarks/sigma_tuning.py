@@ -89,6 +89,10 @@ RUNS: dict[str, dict[str, Any]] = {
            "seed": 1, "share_extractor": False},
     "W2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "seed": 2, "share_extractor": False},
+    # U0 put low a at t = 20..17, where training starts from one of only 256 pooled x_{t_c} (prefix_pool=256) and
+    # evaluation from fresh x_T: can the image code memorise the pool there? X0: U0 with a fresh prefix every reset
+    "X0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "prefix_pool": 0},
     # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
     "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
