@@ -99,6 +99,8 @@ class Args:
     """discount (paper: 0.995)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
+    gae_lambda: float = 0.95
+    """PPO / RecurrentPPO: the GAE lambda (SB3's 0.95; 1.0: Monte-Carlo advantages, no bootstrap from the critic)"""
     gradient_steps: int = -1
     """SAC / TQC: gradient steps per vector step (-1: one per env transition, i.e. num_envs; SB3's meaning)"""
     ent_coef: str = "auto"
@@ -155,6 +157,8 @@ class Args:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
             raise ValueError(f"distribution='beta' is implemented for algo='ppo' only, got algo={self.algo!r}")
+        if not 0.0 <= self.gae_lambda <= 1.0:
+            raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         if self.gradient_steps == 0 or self.gradient_steps < -1:
             raise ValueError(f"gradient_steps must be -1 (one per env transition) or >= 1, got {self.gradient_steps}")
         if not self.ent_coef.startswith("auto"):
@@ -348,7 +352,7 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
 
             policy = BetaMultiInputPolicy
         return cls(policy, venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
-                   clip_range=args.clip_range, policy_kwargs=policy_kwargs, use_sde=args.use_sde,
+                   clip_range=args.clip_range, gae_lambda=getattr(args, "gae_lambda", 0.95), policy_kwargs=policy_kwargs, use_sde=args.use_sde,
                    sde_sample_freq=args.sde_sample_freq, **common)  # fmt: skip
     # SAC / TQC: `gradient_steps` per vector step (default one per env transition: a replay ratio of 1), a replay
     # buffer of the whole budget

@@ -89,10 +89,11 @@ RUNS: dict[str, dict[str, Any]] = {
            "seed": 1, "share_extractor": False},
     "W2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "seed": 2, "share_extractor": False},
-    # U0 put low a at t = 20..17, where training starts from one of only 256 pooled x_{t_c} (prefix_pool=256) and
-    # evaluation from fresh x_T: can the image code memorise the pool there? X0: U0 with a fresh prefix every reset
-    "X0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
-           "prefix_pool": 0},
+    # U0 put low a at t = 20..17, the steps whose effect on r_1 reaches the reward last: with SB3's GAE lambda 0.95
+    # the final reward reaches the advantage at t = 20 weighted (0.995 * 0.95)^19 = 0.34, the rest bootstraps from
+    # the critic. Y0: U0 with Monte-Carlo advantages (lambda = 1)
+    "Y0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "gae_lambda": 1.0},
     # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
     "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }

@@ -128,6 +128,8 @@ def test_learner_args_reject_bad_values() -> None:
         Args(algo="sac", distribution="beta")
     with pytest.raises(ValueError, match="gradient_steps must be -1 .* got 0"):
         Args(algo="sac", gradient_steps=0)
+    with pytest.raises(ValueError, match=r"gae_lambda must be in \[0, 1\], got 1.5"):
+        Args(gae_lambda=1.5)
     with pytest.raises(ValueError, match="ent_coef must be .* got 'lots'"):
         Args(algo="sac", ent_coef="lots")
     with pytest.raises(ValueError, match="extractor must be 'auto', 'flatten', 'cnn' or 'cnn_gated', got 'vit'"):
