@@ -94,6 +94,8 @@ RUNS: dict[str, dict[str, Any]] = {
     # the critic. Y0: U0 with Monte-Carlo advantages (lambda = 1)
     "Y0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0},
+    "Y2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "gae_lambda": 1.0, "seed": 2},
     # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
     "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
