@@ -342,22 +342,39 @@ def _reading(data: dict[str, Any]) -> list[str]:
 
 
 def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list[str]:
-    """R / T / U per training seed (shared CNN code, unshared, gated), and the gated code at half the budget (V0)."""
+    """R / T / U / W / Y per training seed (shared CNN code, unshared, gated, gated + unshared, gated with
+    Monte-Carlo advantages), and the gated code at half the budget (V0).
+    """
+
     def cell(n: str) -> str:
         return f"{n} {runs[n]['mean_a']:.2f} / {runs[n]['r1']:+.3f}" if n in runs else f"{n} -"
 
+    def low_ends(n: str) -> str:
+        by_t = runs[n]["a_by_t"]
+        ends = [f"t = {len(by_t) - i}: {by_t[i]:.2f}" for i in (0, len(by_t) - 1) if by_t[i] < 0.9]
+        return f"{n} ({', '.join(ends)})" if ends else ""
+
     out = []
-    seeds = [(seed, "R" if seed == 0 else f"R{seed}", f"T{seed}", f"U{seed}") for seed in (0, 1, 2)]
-    seeds = [row for row in seeds if any(n in runs for n in row[2:])]
-    if seeds:
+    names = ("R", "T", "U", "W", "Y")
+    rows = [(seed, [("R" if seed == 0 else f"R{seed}") if k == "R" else f"{k}{seed}" for k in names]) for seed in (0, 1, 2)]
+    rows = [(seed, row) for seed, row in rows if any(n in runs for n in row[1:])]
+    if rows:
         out.append("- The image code, per training seed (mean action / r_1; R: one CNN shared by actor and critic, the "
                    "defaults before; T: actor and critic each with its own CNN; U: the code behind a gate started at zero, "
-                   "ReZero): " + "; ".join(f"seed {seed}: {cell(r)}, {cell(t)}, {cell(u)}" for seed, r, t, u in seeds)
+                   "ReZero; W: U and T together; Y: U with Monte-Carlo advantages, GAE lambda 1): "
+                   + "; ".join(f"seed {seed}: " + ", ".join(cell(n) for n in row if n in runs) for seed, row in rows)
                    + (f" (a = 1: {edge['r1']:+.3f})" if edge else "") + ".")  # fmt: skip
-        gated = [n for _, _, _, n in seeds if n in runs]
-        low = [n for n in gated if runs[n]["mean_a"] < 0.95]
-        out.append(f"- The gated code reaches mean action >= 0.95 in {len(gated) - len(low)} of {len(gated)} seeds "
-                   f"({', '.join(gated)})" + (f"; not in {', '.join(low)}" if low else "") + ".")  # fmt: skip
+        for key, what in (("U", "The gated code"), ("Y", "The gated code with lambda = 1")):
+            done = [row[names.index(key)] for _, row in rows if row[names.index(key)] in runs]
+            if done:
+                low = [n for n in done if runs[n]["mean_a"] < 0.95]
+                out.append(f"- {what} reaches mean action >= 0.95 in {len(done) - len(low)} of {len(done)} seeds "
+                           f"({', '.join(done)})" + (f"; not in {', '.join(low)}" if low else "") + ".")  # fmt: skip
+        ends = [e for _, row in rows for n in row if n in runs for e in [low_ends(n)] if e]
+        if ends:
+            out.append("- Where the runs stop short of a = 1 (a < 0.9 at the first step t = 20 or the last, t = 1): "
+                       + "; ".join(ends) + ". The first steps' effect on r_1 reaches the reward last (credit assignment); "
+                       "the last steps' is the weakest signal (see the `align` table).")  # fmt: skip
     if "V0" in runs and "U0" in runs:
         out.append(f"- Half the budget for the gated code (V0, 16,384 steps, against U0): mean action "
                    f"{runs['U0']['mean_a']:.2f} -> {runs['V0']['mean_a']:.2f}, r_1 {runs['U0']['r1']:+.3f} -> "

@@ -25,7 +25,7 @@ def test_sigma_tuning_page_states_the_comparisons_it_has_data_for() -> None:
     assert "Runs O reach the box edge" in text
     assert "R1 (seed 1): mean action 0.76, r_1 +0.590" in text
     assert "above that of the constant a = 0.9" in text  # O: 0.64 > 0.63 at a lower mean action
-    assert "seed 1: R1 0.76 / +0.590, T1 0.80 / +0.600, U1 0.99 / +0.680; seed 2: R2 -, T2 -, U2 0.80 / +0.520" in text
+    assert "seed 1: R1 0.76 / +0.590, T1 0.80 / +0.600, U1 0.99 / +0.680; seed 2: U2 0.80 / +0.520" in text
     assert "mean action >= 0.95 in 2 of 3 seeds (U0, U1, U2); not in U2" in text
     assert "mean action 1.00 -> 0.90, r_1 +0.690 -> +0.660" in text
 
