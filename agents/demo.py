@@ -112,7 +112,15 @@ def _reading(rows: list[dict], meta: dict | None = None) -> str:
 def _features(ppo_args: dict) -> str:
     if ppo_args.get("observe", "x_t,t") == "t":
         return "t only (ablation)"
-    return "flat x_t and t" if ppo_args.get("extractor") == "flatten" else "a small CNN code of x_t next to t"
+    from types import SimpleNamespace
+
+    from agents.ppo_sigma import resolved_extractor
+
+    extractor = resolved_extractor(SimpleNamespace(**ppo_args))
+    if extractor == "flatten":
+        return "flat x_t and t"
+    code = "a small CNN code of x_t" + (" behind a gate started at zero" if extractor == "cnn_gated" else "")
+    return code + " next to t" + ("" if ppo_args.get("share_extractor", True) else ", one CNN each for actor and critic")
 
 
 def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str) -> None:

@@ -136,7 +136,7 @@ def test_learner_args_reject_bad_values() -> None:
         Args(extractor="vit")
     from agents.ppo_sigma import parse_args, resolved_extractor
 
-    assert resolved_extractor(Args()) == "cnn" and resolved_extractor(Args(observe="t")) == "flatten"
+    assert resolved_extractor(Args()) == "cnn_gated" and resolved_extractor(Args(observe="t")) == "flatten"
     assert resolved_extractor(parse_args(["--observe", "t"])) == "flatten"
     with pytest.raises(ValueError, match="extractor='cnn_gated' needs observe='x_t,t'"):
         Args(extractor="cnn_gated", observe="t")

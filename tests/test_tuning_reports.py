@@ -18,7 +18,10 @@ def test_sigma_tuning_page_states_the_comparisons_it_has_data_for() -> None:
             "R": _run(0.63, [0.94] * 20, seed=0), "R1": _run(0.59, [0.76] * 20, seed=1),
             "S": _run(0.69, [1.0] * 20), "U1": _run(0.68, [0.99] * 20, seed=1), "U2": _run(0.52, [0.8] * 20, seed=2),
             "T1": _run(0.6, [0.8] * 20, seed=1), "U0": _run(0.69, [1.0] * 20), "V0": _run(0.66, [0.9] * 20)}  # fmt: skip
-    text = sigma_tuning.render({"consts": consts, "align": align, "runs": runs})
+    marginal = {"r1_full": 0.69, "rows": [{"window": "t = 20..17", "steps": 4, "r1_off": 0.59, "gain": 0.1,
+                                           "ci95": [0.06, 0.14]}]}  # fmt: skip
+    text = sigma_tuning.render({"consts": consts, "align": align, "runs": runs, "marginal": marginal})
+    assert "| t = 20..17 | 4 | +0.590 | +0.100 [+0.060, +0.140] | +0.0250 |" in text
     assert "| a=1 | +0.690 | +11.00 | +0.690 |" in text
     assert "ranks the time-only schedules as r_1 does" in text
     assert "adds r_1 +0.100 of +0.690" in text
