@@ -20,10 +20,11 @@ The standard means that make the learner work on this env (each an :class:`Args`
   behind a gate started at zero (``extractor="cnn_gated"``, ReZero: the policy starts time-only), one CNN each
   for the actor and the critic (``share_extractor=False``), and training on the ``delta`` reward (return = r_1)
   for 32,768 steps: the last steps carry little of r_1, and ``delta`` gives them twice the signal-to-noise of
-  the paper's reward. Measured at t_c = 20 (64 samples, three training seeds each): the shared ungated CNN
-  reached mean action 0.76-0.94 (r_1 +0.515 to +0.631), the gated one 0.92-0.99 (+0.619 to +0.681), against
-  +0.692 for the best constant a = 1; unsharing helped on both seeds tried (+0.035, +0.081 r_1). Short of
-  a = 1 where they stop short: the first steps below t_c and t = 1;
+  the paper's reward; Monte-Carlo advantages (``gae_lambda=1``). Measured at t_c = 20 (64 samples, against
+  r_1 +0.692 for the best constant a = 1): the shared ungated CNN with SB3's lambda 0.95 reached mean action
+  0.76-0.94 over three training seeds (r_1 +0.515 to +0.631), stopping short in the first steps below t_c; the
+  gated one 0.92-0.99 (+0.619 to +0.681); the defaults (gated, unshared, lambda 1) 1.00 and 1.00 on two seeds
+  (r_1 +0.688, +0.687), see ``docs/sigma_tuning.md``;
 - resets: ``prefix_pool`` reuses the attack-free strided prefix above ``t_c`` (a pool of ``x_{t_c}``), about
   halving the cost of an episode at ``t_c = 10``.
 
@@ -103,8 +104,9 @@ class Args:
     """discount (paper: 0.995)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
-    gae_lambda: float = 0.95
-    """PPO / RecurrentPPO: the GAE lambda (SB3's 0.95; 1.0: Monte-Carlo advantages, no bootstrap from the critic)"""
+    gae_lambda: float = 1.0
+    """PPO / RecurrentPPO: the GAE lambda (1.0, default here: Monte-Carlo advantages, the final reward reaches the
+    first steps undiscounted but for gamma; SB3's default is 0.95)"""
     gradient_steps: int = -1
     """SAC / TQC: gradient steps per vector step (-1: one per env transition, i.e. num_envs; SB3's meaning)"""
     ent_coef: str = "auto"

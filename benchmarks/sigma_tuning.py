@@ -40,7 +40,8 @@ N_EVAL, EVAL_SEED = 64, 10_000
 #: R's (CNN extractor, `delta` reward, 32,768 steps) and then W's (gated CNN, one per actor and critic); the table
 #: lists only each run's differences from these.
 _PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 10, "log_std_init": 0.0}
-_BASE = {"extractor": "flatten", "reward": "paper", "total_timesteps": 8192, "share_extractor": True}
+_BASE = {"extractor": "flatten", "reward": "paper", "total_timesteps": 8192, "share_extractor": True,
+         "gae_lambda": 0.95}
 #: Named runs (``agents.ppo_sigma.Args`` overrides). The first PPO tries of the previous session (n_steps 64,
 #: lr 3e-4, log_std -1) stayed at the initial a = 0.5; these vary the update count, the learning rate, the
 #: budget, the reward option and the learner.
@@ -103,6 +104,8 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False},
     "Z1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 1},
+    "Z2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
     # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
     "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
@@ -374,7 +377,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
                        f"mean action {s_['mean_a']:.2f} (r_1 {s_['r1']:+.3f}; a = 1: {by_r1['r1']:+.3f}); the paper's "
                        f"learner, seeing x_t through the CNN code next to t (R), at mean action {r['mean_a']:.2f} and "
                        f"lowest {min(r['a_by_t']):.2f} (r_1 {r['r1']:+.3f}). R's settings were the defaults of "
-                       "`agents.ppo_sigma` until W's (below) replaced them.")  # fmt: skip
+                       "`agents.ppo_sigma` until Z's (below) replaced them.")  # fmt: skip
             seeds = [n for n in ("R", "R1", "R2") if n in runs]
             if len(seeds) > 1:
                 out.append("- R's recipe across training seeds: " + "; ".join(
@@ -397,8 +400,8 @@ def _reading(data: dict[str, Any]) -> list[str]:
 
 
 def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list[str]:
-    """R / T / U / W / Y per training seed (shared CNN code, unshared, gated, gated + unshared, gated with
-    Monte-Carlo advantages), and the gated code at half the budget (V0).
+    """R / T / U / W / Y / Z per training seed (shared CNN code, unshared, gated, gated + unshared, gated with
+    Monte-Carlo advantages, all three), and the gated code at half the budget (V0).
     """
 
     def cell(n: str) -> str:
@@ -410,16 +413,18 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
         return f"{n} ({' / '.join(low)})" if low else ""
 
     out = []
-    names = ("R", "T", "U", "W", "Y")
+    names = ("R", "T", "U", "W", "Y", "Z")
     rows = [(seed, [("R" if seed == 0 else f"R{seed}") if k == "R" else f"{k}{seed}" for k in names]) for seed in (0, 1, 2)]
     rows = [(seed, row) for seed, row in rows if any(n in runs for n in row[1:])]
     if rows:
         out.append("- The image code, per training seed (mean action / r_1; R: one CNN shared by actor and critic, the "
                    "defaults before; T: actor and critic each with its own CNN; U: the code behind a gate started at zero, "
-                   "ReZero; W: U and T together; Y: U with Monte-Carlo advantages, GAE lambda 1): "
+                   "ReZero; W: U and T together; Y: U with Monte-Carlo advantages, GAE lambda 1; Z: all three, the "
+                   "defaults now): "
                    + "; ".join(f"seed {seed}: " + ", ".join(cell(n) for n in row if n in runs) for seed, row in rows)
                    + (f" (a = 1: {edge['r1']:+.3f})" if edge else "") + ".")  # fmt: skip
-        for key, what in (("U", "The gated code"), ("Y", "The gated code with lambda = 1")):
+        for key, what in (("U", "The gated code"), ("Y", "The gated code with lambda = 1"),
+                          ("Z", "The default recipe (gated, unshared, lambda = 1)")):
             done = [row[names.index(key)] for _, row in rows if row[names.index(key)] in runs]
             if done:
                 low = [n for n in done if runs[n]["mean_a"] < 0.95]
