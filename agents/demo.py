@@ -10,7 +10,8 @@
    and prints the table.
 
 Usage: ``python -m agents.demo`` (flags of :mod:`agents.ppo_sigma` apply, e.g. ``--total-timesteps``),
-or ``make demo`` from a fresh clone.
+or ``make demo`` from a fresh clone; ``--docs docs`` also writes docs/demo.md; ``--docs-from-run runs/demo``
+writes it from a finished run without training.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def main(argv: list[str] | None = None) -> None:
         i = argv.index("--docs")
         docs = Path(argv[i + 1])
         argv = argv[:i] + argv[i + 2 :]
+    if "--docs-from-run" in argv:  # only write the docs from a finished run's eval.json (e.g. after `make demo`)
+        i = argv.index("--docs-from-run")
+        run_dir = Path(argv[i + 1])
+        data = read_eval(run_dir)
+        write_docs(data["rows"], data["meta"], run_dir, docs or Path("docs"), data["meta"].get("command", ""))
+        print(f"wrote {(docs or Path('docs')) / 'demo.md'} from {run_dir / 'eval.json'}")
+        return
     args = parse_args(argv, defaults=Args(out_dir="runs/demo"))
     out = Path(args.out_dir)
     start = time.perf_counter()
@@ -58,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     results += [evaluate_policy(n, p, kw, n_samples=n_samples, seed=10_000) for n, p in reference_policies().items()]
     rows = summarize(results)
     meta = {"env_kwargs": kw, "ppo_args": vars(args), "train_seconds": round(train_s, 1), "n_samples": n_samples,
+            "command": command,
             "ppo_action_by_t": [round(float(v), 3) for v in results[0].action_by_t],
             "paired_vs_best": _paired_vs_best(results, rows)}  # fmt: skip
     write_report(rows, meta, out)
@@ -70,6 +79,27 @@ def main(argv: list[str] | None = None) -> None:
         write_docs(rows, meta, out, docs, command)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'x0_agent_vs_baseline.png'} "
           f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
+
+
+def read_eval(run_dir: Path) -> dict:
+    """``{"meta", "rows"}`` of ``<run_dir>/eval.json``.
+
+    Raises:
+        FileNotFoundError: no eval.json there (the message says how to make one).
+        ValueError: the file is not a demo evaluation (names the file).
+    """
+    import json
+
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run `python -m agents.demo --out-dir {run_dir}` first")
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or not {"meta", "rows"} <= set(data):
+            raise ValueError("no 'meta' and 'rows'")
+    except ValueError as err:
+        raise ValueError(f"{path} is not a demo evaluation ({err}); rerun the demo") from None
+    return data
 
 
 def _paired_vs_best(results: list, rows: list[dict]) -> dict:

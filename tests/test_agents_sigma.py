@@ -75,16 +75,20 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
     assert (tmp_path / "out" / "policy.zip").is_file() and (tmp_path / "out" / "x0_agent_vs_baseline.png").is_file()
     assert len(rows[0]["action_by_t"]) == 2
     assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
+    demo.main(["--docs-from-run", "out", "--docs", "docs2"])  # the docs again from the finished run, no training
+    assert (tmp_path / "docs2" / "demo.md").read_text() == (tmp_path / "docs" / "demo.md").read_text()
+    with pytest.raises(FileNotFoundError, match="nowhere/eval.json not found"):
+        demo.main(["--docs-from-run", "nowhere", "--docs", "docs3"])
 
 
-@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "ppo_gated_unshared", "sac", "tqc", "recurrent_ppo"])
+@pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "ppo_cnn_shared", "sac", "tqc", "recurrent_ppo"])
 def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, algo) -> None:
     """The agent-agnostic check: each learner on the same env, through the same policy wrapper."""
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
     extra = {"ppo_beta": {"distribution": "beta"}, "ppo_cnn_sde": {"extractor": "cnn", "use_sde": True},
-             "ppo_gated_unshared": {"extractor": "cnn_gated", "share_extractor": False},
+             "ppo_cnn_shared": {"extractor": "cnn", "share_extractor": True, "gae_lambda": 0.95},
              "sac": {"gradient_steps": 2}}.get(algo, {})  # fmt: skip
     args = Args(algo=algo.split("_")[0] if algo.startswith("ppo") else algo, **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
                 n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
