@@ -382,7 +382,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
             if len(seeds) > 1:
                 out.append("- R's recipe across training seeds: " + "; ".join(
                     f"{n} (seed {runs[n]['overrides'].get('seed', 0)}): mean action {runs[n]['mean_a']:.2f}, r_1 "
-                    f"{runs[n]['r1']:+.3f}" for n in seeds) + "." + _demo_sentence())  # fmt: skip
+                    f"{runs[n]['r1']:+.3f}" for n in seeds) + ".")  # fmt: skip
         out += _image_code_lines(runs, by_r1 if c else None)
         for n in ("O", "Q"):
             if n in runs:
@@ -429,7 +429,8 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
             if done:
                 low = [n for n in done if runs[n]["mean_a"] < 0.95]
                 out.append(f"- {what} reaches mean action >= 0.95 in {len(done) - len(low)} of {len(done)} seeds "
-                           f"({', '.join(done)})" + (f"; not in {', '.join(low)}" if low else "") + ".")  # fmt: skip
+                           f"({', '.join(done)})" + (f"; not in {', '.join(low)}" if low else "") + "."
+                           + (_demo_sentence() if key == "Z" else ""))  # fmt: skip
         starts = [e for _, row in rows for n in row if n in runs for e in [low_start(n)] if e]
         ends = [n for _, row in rows for n in row if n in runs and runs[n]["a_by_t"][-1] < 0.9]
         if starts:
