@@ -106,6 +106,8 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False, "seed": 1},
     "Z2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
+    "Z3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+           "gae_lambda": 1.0, "share_extractor": False, "seed": 3},
     # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
     "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
@@ -414,7 +416,7 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
 
     out = []
     names = ("R", "T", "U", "W", "Y", "Z")
-    rows = [(seed, [("R" if seed == 0 else f"R{seed}") if k == "R" else f"{k}{seed}" for k in names]) for seed in (0, 1, 2)]
+    rows = [(seed, [("R" if seed == 0 else f"R{seed}") if k == "R" else f"{k}{seed}" for k in names]) for seed in (0, 1, 2, 3)]
     rows = [(seed, row) for seed, row in rows if any(n in runs for n in row[1:])]
     if rows:
         out.append("- The image code, per training seed (mean action / r_1; R: one CNN shared by actor and critic, the "
