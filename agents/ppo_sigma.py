@@ -24,7 +24,7 @@ The standard means that make the learner work on this env (each an :class:`Args`
   r_1 +0.692 for the best constant a = 1): the shared ungated CNN with SB3's lambda 0.95 reached mean action
   0.76-0.94 over three training seeds (r_1 +0.515 to +0.631), stopping short in the first steps below t_c; the
   gated one 0.92-0.99 (+0.619 to +0.681); the defaults (gated, unshared, lambda 1) 1.00, 1.00 and 0.66 (r_1
-  +0.688, +0.687, +0.566: seed 2 put a ~ 0 at t = 20..18), see ``docs/sigma_tuning.md``: the best mean over
+  +0.688, +0.687, +0.566: seed 2 put a ~ 0 at t = 20..18; seed 3: 0.97, +0.642), see ``docs/sigma_tuning.md``: the best mean over
   seeds so far, not yet reliable;
 - resets: ``prefix_pool`` reuses the attack-free strided prefix above ``t_c`` (a pool of ``x_{t_c}``), about
   halving the cost of an episode at ``t_c = 10``.
