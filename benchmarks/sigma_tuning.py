@@ -37,8 +37,8 @@ DOC = REPO_ROOT / "docs" / "sigma_tuning.md"
 N_EVAL, EVAL_SEED = 64, 10_000
 
 #: The Args defaults when runs A-S were made, pinned so that each run reproduces after the defaults moved to run
-#: R's (CNN extractor, `delta` reward, 32,768 steps) and then W's (gated CNN, one per actor and critic); the table
-#: lists only each run's differences from these.
+#: R's (CNN extractor, `delta` reward, 32,768 steps) and then Z's (gated CNN, one per actor and critic, GAE lambda 1);
+#: the table lists only each run's differences from these.
 _PPO = {"n_steps": 32, "batch_size": 64, "n_epochs": 10, "log_std_init": 0.0}
 _BASE = {"extractor": "flatten", "reward": "paper", "total_timesteps": 8192, "share_extractor": True,
          "gae_lambda": 0.95}
@@ -72,7 +72,7 @@ RUNS: dict[str, dict[str, Any]] = {
     # has about twice that signal-to-noise there
     "R": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768},
     "S": {**_PPO, "learning_rate": 3e-3, "observe": "t", "reward": "delta", "total_timesteps": 32768},
-    # R's recipe (the Args defaults since) with other training seeds: how much does one run vary?
+    # R's recipe (the Args defaults until Z's) with other training seeds: how much does one run vary?
     "R1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 1},
     "R2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn", "reward": "delta", "total_timesteps": 32768, "seed": 2},
     # R1 and R2 stopped at low a near t_c where the time-only S did not: is it the image code? T: the actor and
@@ -108,8 +108,6 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
     "Z3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 3},
-    # the gated code at half the budget: does it need all 32,768 steps (the demo's time)?
-    "V0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384},
 }
 
 
@@ -403,7 +401,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
 
 def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list[str]:
     """R / T / U / W / Y / Z per training seed (shared CNN code, unshared, gated, gated + unshared, gated with
-    Monte-Carlo advantages, all three), and the gated code at half the budget (V0).
+    Monte-Carlo advantages, all three).
     """
 
     def cell(n: str) -> str:
@@ -443,10 +441,6 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
             out.append(f"- Low a at t = 1 ({', '.join(ends)}) costs nothing: alpha_bar_0 = 1 forces sigma = 0 at the "
                        "last step (the env card), so that action has no effect (the marginal table's t = 1 row is 0 "
                        "exactly); the mean action column still counts it.")  # fmt: skip
-    if "V0" in runs and "U0" in runs:
-        out.append(f"- Half the budget for the gated code (V0, 16,384 steps, against U0): mean action "
-                   f"{runs['U0']['mean_a']:.2f} -> {runs['V0']['mean_a']:.2f}, r_1 {runs['U0']['r1']:+.3f} -> "
-                   f"{runs['V0']['r1']:+.3f}.")  # fmt: skip
     return out
 
 

@@ -82,13 +82,17 @@ def measure(model: str, device: torch.device, batches: list[int], variants: list
     """Time each variant at each batch size; returns ``{"rows": [...], "compile_s": {...}}``.
 
     Each row: ``variant``, ``batch``, ``seconds`` (median per forward), ``speedup`` (eager / variant) and
-    ``rel_diff`` (``max |eps - eps_eager| / max |eps_eager|``). Raises ``ValueError`` for an unknown variant.
+    ``rel_diff`` (``max |eps - eps_eager| / max |eps_eager|``). ``eager`` is always timed first (the speed-ups'
+    reference), whether listed or not. Raises ``ValueError`` for an unknown variant or ``repeats < 1``.
     """
     from robust_envs.diffusion.models import load_noise_model
 
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; valid: {', '.join(VARIANTS)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    variants = ["eager", *(v for v in variants if v != "eager")]
     now = _timer(device, clock)
     nm = load_noise_model(model, device=device)
     unet = nm.unet.eval()
