@@ -168,9 +168,25 @@ class SigmaEntry:
             return {}
         return {**AGENTS[self.agent], **dict(self.agent_overrides)}
 
+    def training_args(self) -> dict[str, Any]:
+        """Every :class:`agents.ppo_sigma.Args` field the agent trains with (defaults resolved; empty for the
+        references), without the ones that do not change the result (output folder, bars, logs, device).
+        """
+        if self.agent == "reference":
+            return {}
+        from agents.ppo_sigma import Args
+
+        env = {k: v for k, v in self.env_kwargs().items() if k in Args.__annotations__}
+        args = dataclasses.asdict(Args(**{**self.agent_args(), **env, "seed": self.seed}))
+        for name in ("out_dir", "progress_bar", "tensorboard", "device"):
+            args.pop(name)
+        return args
+
     def fingerprint(self) -> str:
-        """Hash of everything that determines the entry's result."""
-        payload = {"agent": self.agent, "args": self.agent_args(), "env": self.env_kwargs(), "seed": self.seed,
+        """Hash of everything that determines the entry's result, the agent's defaults resolved: a change of an
+        :class:`agents.ppo_sigma.Args` default changes the fingerprint, so the entry is trained again.
+        """
+        payload = {"agent": self.agent, "args": self.training_args(), "env": self.env_kwargs(), "seed": self.seed,
                    "n_eval": self.n_eval, "eval_seed": self.eval_seed, "schema": SCHEMA_VERSION}  # fmt: skip
         payload["env"].pop("device")  # the same entry on another device is the same entry (hardware is recorded)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

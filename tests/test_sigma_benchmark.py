@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -76,7 +77,7 @@ def test_resume_after_kill_loses_no_finished_entry(tiny_unet_dir: Path, tmp_path
         assert (out / name).read_bytes() == blob
 
 
-def test_entry_validation_and_fingerprints(tmp_path: Path) -> None:
+def test_entry_validation_and_fingerprints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="threat must be one of"):
         sb.SigmaEntry("ppo", 20, "loud")
     with pytest.raises(ValueError, match="agent must be 'reference' or one of"):
@@ -85,4 +86,13 @@ def test_entry_validation_and_fingerprints(tmp_path: Path) -> None:
     assert a.fingerprint() == sb.SigmaEntry("ppo", 20, "seed", seed=0, device="cuda").fingerprint()
     assert a.fingerprint() != sb.SigmaEntry("ppo", 20, "seed", seed=1).fingerprint()
     assert a.fingerprint() != sb.SigmaEntry("ppo", 20, "shift", seed=0).fingerprint()
+    # a changed Args default (not pinned in AGENTS) changes the fingerprint too: the entry would be retrained
+    import agents.ppo_sigma as ps
+
+    before = a.fingerprint()
+    changed = dataclasses.make_dataclass("Args", [("gae_lambda", float, dataclasses.field(default=0.95))], bases=(ps.Args,))
+    monkeypatch.setattr(ps, "Args", changed)
+    assert sb.SigmaEntry("ppo", 20, "seed", seed=0).training_args()["gae_lambda"] == 0.95
+    assert before != sb.SigmaEntry("ppo", 20, "seed", seed=0).fingerprint()
+    assert sb.SigmaEntry("reference", 20, "seed").training_args() == {}
     assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
