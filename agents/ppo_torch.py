@@ -5,10 +5,12 @@ generalised advantage estimation (Schulman et al. 2016, Eq. 16); seed 000 sec. 5
 gamma 0.995.
 Code: the layout of CleanRL's ``ppo_continuous_action.py`` (one ``Args`` dataclass, a loop read top to bottom,
 TensorBoard scalars), the defaults and details of Stable-Baselines3's ``PPO`` as :mod:`agents.ppo_sigma` trains it
-(n_steps 64 x 16 envs, minibatch 256, 4 epochs, Adam 3e-4 with eps 1e-5, GAE lambda 0.95, advantages normalised
-per minibatch, unclipped value loss with coefficient 0.5, gradient norm 0.5, a 64-64 tanh MLP for the actor and
-another for the critic, orthogonal initialisation, a state-independent log std starting at -1), so the two
-learners differ in where they run, not in what they compute.
+(the recipe of run Z in docs/sigma_tuning.md: n_steps 32 x 16 envs, minibatch 64, 10 epochs, Adam 3e-3 with eps
+1e-5, Monte-Carlo advantages (GAE lambda 1) normalised per minibatch, unclipped value loss with coefficient 0.5,
+gradient norm 0.5, the ``delta`` reward; for the actor and for the critic each its own gated CNN code of ``x_t``
+next to ``t`` (:class:`agents.sigma_extractor.SigmaCnnExtractor`) and a 64-64 tanh MLP, SB3's orthogonal
+initialisation, a state-independent log std starting at 0), so the two learners differ in where they run, not in
+what they compute. ``extractor="flatten"`` gives the earlier MLP on the 784 pixels and ``t``.
 
 Where :mod:`agents.ppo_sigma` crosses to the host every step (numpy observations through the SB3 adapter,
 ``VecNormalize`` in numpy, SB3's numpy rollout buffer), this trainer keeps everything on ``args.device``:
@@ -57,6 +59,8 @@ from robust_envs.wrappers import TorchVectorEnv
 __all__ = ["Args", "RunningMeanStd", "SigmaActorCritic", "TorchSigmaPolicy", "TrainResult", "train"]
 
 CHECKPOINT = "agent.pt"
+#: Features of the state for the actor and the critic (see ``Args.extractor``).
+EXTRACTORS = ("cnn_gated", "cnn", "flatten")
 
 
 @dataclass
@@ -79,6 +83,9 @@ class Args:
     """'shift' / 'adaptive': timestep units; 'state': Linf radius in model space"""
     defence: str = "none"
     """timestep defence: 'none', 'round' or 'share'"""
+    reward: str = "delta"
+    """training reward: 'delta' (default, as agents.ppo_sigma: the return is exactly r_1, Eq. 18), 'paper' (seed 000
+    Eq. 19-21) or 'final'"""
     evaluator: str = "levels"
     """quality evaluator: 'levels' (embedded), 'qalign' (GPU + weights) or a pyiqa NR metric"""
     model: str = "embedded"
@@ -87,7 +94,7 @@ class Args:
     """torch device of everything: env networks, buffer, normalisers, policy ('auto': CUDA if available)"""
     num_envs: int = 16
     """episodes stepped in lockstep by the batched env"""
-    total_timesteps: int = 8192
+    total_timesteps: int = 32768
     """env steps of training (all envs together); rounded up to whole rollouts of num_envs * n_steps"""
     n_steps: int = 32
     """rollout length per env per update (agents.ppo_sigma's tuned default, docs/sigma_tuning.md)"""
@@ -101,8 +108,8 @@ class Args:
     """anneal the learning rate linearly to 0 (CleanRL's default; SB3's and ours: constant)"""
     gamma: float = 0.995
     """discount (paper: 0.995)"""
-    gae_lambda: float = 0.95
-    """GAE lambda"""
+    gae_lambda: float = 1.0
+    """GAE lambda (1.0: Monte-Carlo advantages, agents.ppo_sigma's default; SB3's and CleanRL's is 0.95)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
     ent_coef: float = 0.0
@@ -115,6 +122,12 @@ class Args:
     """initial log std of the Gaussian policy (in the [-1, 1] action units)"""
     hidden: int = 64
     """width of the two hidden tanh layers of the actor and of the critic"""
+    extractor: str = "cnn_gated"
+    """features of x_t for the actor and (separately) the critic: 'cnn_gated' (default: agents.sigma_extractor's CNN
+    code behind a gate started at zero, so the policy starts time-only), 'cnn' (ungated) or 'flatten' (the normalised
+    pixels and t side by side, as SB3's CombinedExtractor)"""
+    cnn_dim: int = 16
+    """width of the CNN code of x_t"""
     normalize_obs: bool = True
     """normalise observations by running mean / std per feature (clip 10)"""
     normalize_reward: bool = True
@@ -131,13 +144,15 @@ class Args:
     """write TensorBoard logs to <out_dir>/tb"""
 
     def __post_init__(self) -> None:
-        for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs", "hidden"):
+        for name in ("num_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs", "hidden", "cnn_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 <= self.gae_lambda <= 1.0:
             raise ValueError(f"gamma must be in (0, 1] and gae_lambda in [0, 1], got {self.gamma}, {self.gae_lambda}")
         if self.clip_range <= 0:
             raise ValueError(f"clip_range must be > 0, got {self.clip_range}")
+        if self.extractor not in EXTRACTORS:
+            raise ValueError(f"extractor must be one of {EXTRACTORS}, got {self.extractor!r}")
 
 
 class RunningMeanStd(nn.Module):
@@ -175,26 +190,74 @@ def _layer(layer: nn.Linear, gain: float) -> nn.Linear:
     return layer
 
 
+class FlatCnnFeatures(nn.Module):
+    """:class:`agents.sigma_extractor.SigmaCnnExtractor` on the flat normalised state ``(N, C*H*W + 1)``.
+
+    The flat vector is split back into ``x_t`` ``(N, C, H, W)`` and ``t`` ``(N, 1)``; the output is
+    ``(N, cnn_dim + 2)``. Its Linear and Conv2d layers get SB3's orthogonal init with gain sqrt(2) (what
+    ``ActorCriticPolicy(ortho_init=True)`` gives a features extractor); the gate, a plain parameter, stays at zero.
+    """
+
+    def __init__(self, x_shape: tuple[int, ...], cnn_dim: int, gated: bool) -> None:
+        import gymnasium as gym
+
+        from agents.sigma_extractor import SigmaCnnExtractor
+
+        super().__init__()
+        self.x_shape = x_shape
+        space = gym.spaces.Dict({"x_t": gym.spaces.Box(-np.inf, np.inf, x_shape, np.float32),
+                                 "t": gym.spaces.Box(-np.inf, np.inf, (1,), np.float32)})  # fmt: skip
+        self.cnn = SigmaCnnExtractor(space, cnn_dim=cnn_dim, gated=gated)
+        self.features_dim = self.cnn.features_dim
+        for m in self.cnn.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.init.orthogonal_(m.weight, math.sqrt(2))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features[:, :-1].reshape(-1, *self.x_shape)
+        return self.cnn({"x_t": x, "t": features[:, -1:]})
+
+
 class SigmaActorCritic(nn.Module):
     """The policy and value networks on the normalised, flattened state ``(x_t, t)`` (seed 000 Eq. 14).
 
-    ``normalize`` applies the observation statistics (frozen unless asked to update); ``actor`` gives the mean
-    of a Gaussian over ``u`` in [-1, 1] units with a state-independent ``log_std``; ``critic`` the value.
+    ``normalize`` applies the observation statistics (frozen unless asked to update); ``actor_features`` and
+    ``critic_features`` (one each, as SB3's ``share_features_extractor=False``) encode the state
+    (``extractor``: see ``Args.extractor``; ``flatten`` passes it through); ``actor`` gives the mean of a
+    Gaussian over ``u`` in [-1, 1] units with a state-independent ``log_std``; ``critic`` the value.
 
     Shape:
         - observation: ``x_t`` ``(N, C, H, W)`` float32, ``t`` ``(N, 1)`` float32 (the env's Dict, as tensors).
         - features: ``(N, C*H*W + 1)``; ``u``: ``(N, 1)``; value: ``(N,)``.
+
+    Raises:
+        ValueError: an ``extractor`` not in :data:`EXTRACTORS`.
     """
 
     def __init__(self, x_shape: tuple[int, ...], hidden: int = 64, log_std_init: float = -1.0,
-                 clip_obs: float = 10.0, normalize_obs: bool = True) -> None:  # fmt: skip
+                 clip_obs: float = 10.0, normalize_obs: bool = True, extractor: str = "flatten",
+                 cnn_dim: int = 16) -> None:  # fmt: skip
         super().__init__()
+        if extractor not in EXTRACTORS:
+            raise ValueError(f"extractor must be one of {EXTRACTORS}, got {extractor!r}")
         self.x_shape = tuple(int(s) for s in x_shape)
         self.clip_obs = float(clip_obs)
         self.normalize_obs = bool(normalize_obs)
+        self.hidden, self.extractor, self.cnn_dim = int(hidden), extractor, int(cnn_dim)
         self.obs_rms_x = RunningMeanStd(self.x_shape)
         self.obs_rms_t = RunningMeanStd((1,))
         dim = int(np.prod(self.x_shape)) + 1
+
+        def encoder() -> nn.Module:
+            if extractor == "flatten":
+                return nn.Identity()
+            return FlatCnnFeatures(self.x_shape, cnn_dim, gated=extractor == "cnn_gated")
+
+        self.actor_features, self.critic_features = encoder(), encoder()
+        if extractor != "flatten":
+            dim = cnn_dim + 2
 
         def mlp(out: int, gain: float) -> nn.Sequential:
             return nn.Sequential(_layer(nn.Linear(dim, hidden), math.sqrt(2)), nn.Tanh(),
@@ -218,11 +281,11 @@ class SigmaActorCritic(nn.Module):
 
     def value(self, features: torch.Tensor) -> torch.Tensor:
         """V(s) ``(N,)``."""
-        return self.critic(features).squeeze(-1)
+        return self.critic(self.critic_features(features)).squeeze(-1)
 
     def distribution(self, features: torch.Tensor) -> Normal:
         """The Gaussian over ``u`` ``(N, 1)``."""
-        mean = self.actor(features)
+        mean = self.actor(self.actor_features(features))
         return Normal(mean, self.log_std.exp().expand_as(mean))
 
     @staticmethod
@@ -264,8 +327,9 @@ class TorchSigmaPolicy:
         """``<out_dir>/agent.pt``: the state dict (networks and observation statistics) and its shape settings."""
         path = Path(out_dir) / CHECKPOINT
         a = self.agent
-        torch.save({"state_dict": a.state_dict(), "x_shape": a.x_shape, "hidden": a.actor[0].out_features,
-                    "clip_obs": a.clip_obs, "normalize_obs": a.normalize_obs, **(extra or {})}, path)  # fmt: skip
+        torch.save({"state_dict": a.state_dict(), "x_shape": a.x_shape, "hidden": a.hidden, "clip_obs": a.clip_obs,
+                    "normalize_obs": a.normalize_obs, "extractor": a.extractor, "cnn_dim": a.cnn_dim,
+                    **(extra or {})}, path)  # fmt: skip
         return path
 
     @classmethod
@@ -280,7 +344,9 @@ class TorchSigmaPolicy:
             raise FileNotFoundError(f"{path} not found: train with `python -m agents.ppo_torch --out-dir {out_dir}`")
         blob = torch.load(path, map_location=device, weights_only=True)
         agent = SigmaActorCritic(tuple(blob["x_shape"]), hidden=int(blob["hidden"]), clip_obs=float(blob["clip_obs"]),
-                                 normalize_obs=bool(blob["normalize_obs"]))  # fmt: skip
+                                 normalize_obs=bool(blob["normalize_obs"]),
+                                 extractor=str(blob.get("extractor", "flatten")),  # checkpoints before the CNN
+                                 cnn_dim=int(blob.get("cnn_dim", 16)))  # fmt: skip
         agent.load_state_dict(blob["state_dict"])
         return cls(agent.to(device))
 
@@ -327,7 +393,8 @@ def train(args: Args) -> TrainResult:
     device = envs.device
     n, steps = args.num_envs, args.n_steps
     x_shape = tuple(envs.single_observation_space["x_t"].shape)
-    agent = SigmaActorCritic(x_shape, args.hidden, args.log_std_init, normalize_obs=args.normalize_obs).to(device)
+    agent = SigmaActorCritic(x_shape, args.hidden, args.log_std_init, normalize_obs=args.normalize_obs,
+                             extractor=args.extractor, cnn_dim=args.cnn_dim).to(device)  # fmt: skip
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     ret_rms = RunningMeanStd(()).to(device)
     writer = None
@@ -349,6 +416,7 @@ def train(args: Args) -> TrainResult:
     dones = torch.zeros((steps, n), device=device)
     values = torch.zeros((steps, n), device=device)
     disc_return = torch.zeros(n, device=device)  # reward scaling: the running discounted return per env
+    ep_return = torch.zeros(n, device=device)  # raw undiscounted return per env: r_1 under the "delta" reward
 
     num_updates = math.ceil(args.total_timesteps / (n * steps))
     bar = tqdm(total=num_updates * n * steps, desc="ppo_torch", unit="step", disable=not args.progress_bar)
@@ -372,8 +440,11 @@ def train(args: Args) -> TrainResult:
             actions[step] = u
             next_obs, reward, terminated, truncated, _ = envs.step(SigmaActorCritic.to_env(u))
             done = (terminated | truncated).float()
-            r1_sum += (reward * terminated).sum()  # the episode's last reward is r_1 (Eq. 18)
+            ep_return = ep_return + reward
+            # r_1 (Eq. 18): the episode's return under "delta", its last reward under "paper" and "final"
+            r1_sum += ((ep_return if args.reward == "delta" else reward) * terminated).sum()
             r1_count += terminated.sum()
+            ep_return = ep_return * (1.0 - done)
             if args.normalize_reward:  # SB3 VecNormalize's reward scaling, on the device
                 disc_return = disc_return * args.gamma + reward
                 ret_rms.update(disc_return)

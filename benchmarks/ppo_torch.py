@@ -1,8 +1,9 @@
 """The on-device PPO (agents/ppo_torch.py) against the SB3 PPO (agents/ppo_sigma.py) on the same budget.
 
-Both learners train on DDIMSigma-v0 with the same settings (agents/ppo_sigma.py's defaults: 16 envs, rollouts of
-64 steps, minibatch 256, 4 epochs, Adam 3e-4, gamma 0.995, clip 0.2, log std -1, observation normalisation and
-reward scaling, a prefix pool of 256) and the same env-step budget; then each trained policy is evaluated with
+Both learners train on DDIMSigma-v0 with the same settings (agents/ppo_sigma.py's defaults, run Z of
+docs/sigma_tuning.md: 16 envs, rollouts of 32 steps, minibatch 64, 10 epochs, Adam 3e-3, gamma 0.995, clip 0.2,
+GAE lambda 1, log std 0, the ``delta`` reward, observation normalisation and reward scaling, a gated CNN code of
+x_t next to t, one for the actor and one for the critic, a prefix pool of 256) and the same env-step budget; then each trained policy is evaluated with
 :func:`agents.evaluate_sigma.evaluate_policy` on the same ``n_samples`` samples (same x_T, noise and attack
 draws), next to the constant schedules. Reported per seed:
 
@@ -17,7 +18,7 @@ Ratios come from one run on one machine (a shared CPU is noisy; the trainers alt
 
 Usage::
 
-    python -m benchmarks.ppo_torch --t-c 10 --total-timesteps 2048 --n-samples 64 --seeds 0 1 2
+    python -m benchmarks.ppo_torch --t-c 20 --total-timesteps 32768 --n-samples 64 --seeds 0
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"DDIMSigma-v0, t_c = {m['t_c']}, model `{m['model']}`, evaluator `{m['evaluator']}`, attack `{m['attack']}`. "
         f"Both learners: {m['total_timesteps']} env steps, {m['num_envs']} envs, the agents/ppo_sigma.py defaults "
-        f"(rollouts of {m['n_steps']}, minibatch {m['batch_size']}, {m['n_epochs']} epochs, gamma 0.995, clip 0.2). "
+        f"(rollouts of {m['n_steps']}, minibatch {m['batch_size']}, {m['n_epochs']} epochs, gamma 0.995, clip 0.2"
+        + (f", GAE lambda {m['gae_lambda']}, reward `{m['reward']}`, extractor `{m['extractor']}`" if "extractor" in m else "")
+        + "). "
         f"Evaluation: `agents.evaluate_sigma.evaluate_policy` on the same {m['n_samples']} samples "
         f"(seed {m['eval_seed']}) for every schedule. Hardware: {m['hardware']}.",
         "",
@@ -210,6 +213,16 @@ def verdict(runs: list[dict[str, Any]]) -> str:
     }
     best_text = ", ".join(sorted({"{}: {:+.3f}".format(b["schedule"], b["mean_r1"]) for b in best.values()}))
     actions = [rs[name]["mean_eta"] for rs in rows.values() for name in ("sb3_ppo", "ppo_torch")]
+    r1s = [rs[name]["mean_r1"] for rs in rows.values() for name in ("sb3_ppo", "ppo_torch")]
+    reach = [rs[name]["r1_ci95"][1] >= best[s]["mean_r1"] for s, rs in rows.items() for name in ("sb3_ppo", "ppo_torch")]
+    if all(reach):
+        skill = f"r_1 {span(r1s, '+.3f', '')}, each CI reaching the best constant ({best_text}): both learnt the schedule"
+    elif any(reach):
+        skill = (f"r_1 {span(r1s, '+.3f', '')}; against the best constant ({best_text}) {sum(reach)} of {len(reach)} "
+                 "trainings reach it with their CI")  # fmt: skip
+    else:
+        skill = (f"r_1 {span(r1s, '+.3f', '')}, below the best constant ({best_text}) on every training: on this budget "
+                 "the comparison tests equal behaviour, not equal skill")  # fmt: skip
     speed = (
         f"SB3 / ppo_torch time per env step is {span(wall)} in wall time and {span(cpu)} in CPU time. The env's own "
         f"work (identical for the two learners: same seeds, same prefix-pool picks) is {span(env_share, '.1f', '%')} of "
@@ -224,9 +237,7 @@ def verdict(runs: list[dict[str, Any]]) -> str:
             if not separated
             else f"the stricter paired difference on the same samples excludes 0 on seed(s) {', '.join(separated)}"
         )
-        + f". Both learners end with mean actions of {span(actions, '.3f', '')} (the initial policy's is 0.5) and "
-        f"r_1 near the constant a = 0.5, far below the best constant ({best_text}): "
-        "on this budget neither has learnt much, so the comparison tests equal behaviour, not equal skill"
+        + f". Both learners end with mean actions of {span(actions, '.3f', '')} (the initial policy's is 0.5) and {skill}"
     )
     target = "meets" if faster and overlap and not separated else "does not meet"
     return (
@@ -241,8 +252,8 @@ def verdict(runs: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Train both learners per seed, evaluate, and write the JSON and the Markdown report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--t-c", type=int, default=10)
-    parser.add_argument("--total-timesteps", type=int, default=2048)
+    parser.add_argument("--t-c", type=int, default=ppo_sigma.Args().t_c)
+    parser.add_argument("--total-timesteps", type=int, default=ppo_sigma.Args().total_timesteps)
     parser.add_argument("--n-samples", type=int, default=64)
     parser.add_argument("--eval-seed", type=int, default=10_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -276,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
               "attack": ns.attack, "device": ns.device, "progress_bar": False, "tensorboard": False,
               "num_envs": ns.num_envs, "n_steps": ns.n_steps, "batch_size": ns.batch_size,
               "n_epochs": ppo_sigma.Args().n_epochs, "learning_rate": ppo_sigma.Args().learning_rate,
-              "log_std_init": ppo_sigma.Args().log_std_init}  # fmt: skip  # the same update settings for both
+              "log_std_init": ppo_sigma.Args().log_std_init, "gae_lambda": ppo_sigma.Args().gae_lambda,
+              "reward": ppo_sigma.Args().reward, "extractor": ppo_sigma.resolved_extractor(ppo_sigma.Args())}  # fmt: skip
+    # the same update settings, reward and features for both (ppo_torch: one encoder each for actor and critic,
+    # as ppo_sigma's default share_extractor=False)
     kw = ppo_sigma.env_kwargs(ppo_sigma.Args(**common))
     kw["device"] = _resolve_device(kw["device"])
     DDIMSigmaVectorEnv(num_envs=1, **kw).reset(seed=0)  # load the model and the scorer into the process caches
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> None:
             "evaluator": ns.evaluator, "attack": ns.attack, "total_timesteps": ns.total_timesteps,
             "num_envs": ns.num_envs, "n_steps": ns.n_steps, "batch_size": ns.batch_size,
             "n_epochs": ppo_sigma.Args().n_epochs, "n_samples": ns.n_samples, "notes": ns.note, "eval_seed": ns.eval_seed,
+            "gae_lambda": common["gae_lambda"], "reward": common["reward"], "extractor": common["extractor"],
             "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"}  # fmt: skip
     data = {"meta": meta, "env_only": env_only, "runs": runs, "verdict": verdict(runs)}

@@ -62,6 +62,46 @@ def test_same_seed_same_training(kwargs_tiny, tmp_path) -> None:
         torch.testing.assert_close(p, q)
 
 
+def test_gated_cnn_starts_time_only_and_old_flat_checkpoints_load(kwargs_tiny, tmp_path) -> None:
+    torch.manual_seed(0)
+    agent = SigmaActorCritic((1, 8, 8), extractor="cnn_gated", log_std_init=0.0)
+    assert isinstance(agent.actor_features, torch.nn.Module) and agent.actor_features is not agent.critic_features
+    x = torch.randn(6, 1, 8, 8)
+    t = torch.tensor([[1.0], [2.0], [3.0], [1.0], [2.0], [3.0]])
+    f1 = agent.normalize({"x_t": x, "t": t})
+    f2 = agent.normalize({"x_t": torch.randn(6, 1, 8, 8), "t": t})
+    # the gate starts at zero: the policy and the value see t only, whatever x_t
+    torch.testing.assert_close(agent.distribution(f1).mean, agent.distribution(f2).mean)
+    torch.testing.assert_close(agent.value(f1), agent.value(f2))
+    ungated = SigmaActorCritic((1, 8, 8), extractor="cnn")
+    assert not torch.allclose(ungated.value(f1), ungated.value(f2))
+    with pytest.raises(ValueError, match="extractor must be one of"):
+        SigmaActorCritic((1, 8, 8), extractor="resnet")
+    with pytest.raises(ValueError, match="extractor must be one of"):
+        Args(extractor="resnet")
+    # a checkpoint written before the CNN (no "extractor" key) loads as the flat MLP
+    flat = TorchSigmaPolicy(SigmaActorCritic((1, 8, 8), extractor="flatten"))
+    path = flat.save(tmp_path)
+    blob = torch.load(path, weights_only=True)
+    del blob["extractor"], blob["cnn_dim"]
+    torch.save(blob, path)
+    loaded = TorchSigmaPolicy.load(tmp_path)
+    assert loaded.agent.extractor == "flatten"
+    obs = {"x_t": x.numpy(), "t": t.numpy()}
+    np.testing.assert_allclose(loaded.predict(obs)[0], flat.predict(obs)[0], atol=1e-6)
+
+
+def test_flat_extractor_trains_and_delta_r1_is_the_return(kwargs_tiny, tmp_path) -> None:
+    res = train(tiny_args(kwargs_tiny, tmp_path / "flat", extractor="flatten", total_timesteps=64, n_epochs=1))
+    assert res.policy.agent.extractor == "flatten" and TorchSigmaPolicy.load(tmp_path / "flat").agent.extractor == "flatten"
+    assert all(math.isfinite(r) for r in res.episode_r1)
+    # under "delta" the logged r_1 is the episode's return; under "paper" its last reward: the same Eq. 18 quantity,
+    # so the same seed gives the same first-update r_1 (the actions agree: same seed, same initial policy)
+    paper = train(tiny_args(kwargs_tiny, tmp_path / "paper", extractor="flatten", total_timesteps=64, n_epochs=1,
+                            reward="paper"))  # fmt: skip
+    assert res.episode_r1[0] == pytest.approx(paper.episode_r1[0], abs=1e-5)
+
+
 def test_running_mean_std_matches_numpy() -> None:
     rms = RunningMeanStd((3,))
     data = torch.randn(50, 3) * 2 + 1
