@@ -91,7 +91,7 @@ def _hardware(device: str, threads: int) -> dict[str, Any]:
         pass
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None
     return {"device": device, "gpu": gpu, "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": threads,
-            "platform": platform.platform()}  # fmt: skip
+            "platform": platform.platform(), "load_avg_15min": round(os.getloadavg()[2], 2)}  # fmt: skip
 
 
 def _versions() -> dict[str, str]:
@@ -474,6 +474,43 @@ GRID_THREATS = ("seed", "shift")
 GRID_SEEDS = (0, 1, 2)
 
 
+#: Network forwards per evaluation sample, in units of one sample's forward, as a function of t_c: the strided
+#: prefix above t_c (about (T - t_c) / stride steps, T = 1000, stride 50) plus ``per_t_c`` forwards per step below
+#: it: an agent entry runs its schedule and the sigma = 0 baseline (2); a reference entry its first schedule with
+#: the baseline (2), three more constants and the random schedule on the cached baseline (4 x 1) and the two
+#: defences (2 x 2): 10.
+EVAL_FORWARDS_PER_T_C = {"agent": 2, "reference": 10}
+
+
+def _eval_work(kind: str, t_c: int) -> float:
+    return (1000 - t_c) / 50 + EVAL_FORWARDS_PER_T_C[kind] * t_c
+
+
+def estimate_seconds_left(records: list[dict[str, Any]], missing: list[tuple[str, int]]) -> float | None:
+    """Seconds the ``missing`` ``(agent, t_c)`` entries should take on the hardware of ``records``.
+
+    Training: the mean measured ``train_time_s`` of that agent (budgets are in env steps, whatever t_c); evaluation:
+    the measured seconds per unit of :func:`_eval_work` of that kind, times the entry's work. ``None`` when a
+    missing kind has no measured entry yet. A rough guide for planning runs, not a benchmark result.
+    """
+    total = 0.0
+    for agent, t_c in missing:
+        kind = "reference" if agent == "reference" else "agent"
+        same = [r for r in records if r["agent"] == agent]
+        like = [r for r in records if ("reference" if r["agent"] == "reference" else "agent") == kind]
+        rate = [r["eval_time_s"] / _eval_work(kind, r["t_c"]) for r in like if r.get("eval_time_s")]
+        train = [r["train_time_s"] for r in same if r.get("train_time_s") is not None]
+        if not rate or (kind == "agent" and not train):
+            return None
+        total += float(np.mean(rate)) * _eval_work(kind, t_c) + (float(np.mean(train)) if train else 0.0)
+    return total
+
+
+def _loads(records: list[dict[str, Any]]) -> str:
+    loads = [r["hardware"]["load_avg_15min"] for r in records if "load_avg_15min" in r.get("hardware", {})]
+    return f"{min(loads):.1f} to {max(loads):.1f}" if loads else "not recorded"
+
+
 def _progress(records: list[dict[str, Any]]) -> list[str]:
     """Which entries of the full grid exist, what they cost, and the commands that finish the rest."""
     have = {(r["agent"], r["threat"], r["t_c"], r["seed"]) for r in records}
@@ -482,7 +519,7 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
              "| entry | done / grid | mean train s | mean eval s | hardware |", "|---|---|---|---|---|"]  # fmt: skip
     kinds = [("reference", tuple(sorted({t for v in FULL_GRID.values() for t in v})), (0,))]
     kinds += [(a, tcs, GRID_SEEDS) for a, tcs in FULL_GRID.items()]
-    missing_cmds = []
+    missing_cmds, missing_all = [], []
     for agent, tcs, seeds in kinds:
         grid = [(agent, th, t, s) for th in GRID_THREATS for t in tcs for s in seeds]
         done = [r for r in records if (r["agent"], r["threat"], r["t_c"], r["seed"]) in set(grid)]
@@ -492,11 +529,21 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
         mean_s = lambda xs: f"{np.mean(xs):.0f}" if xs else "-"  # noqa: E731 (references train nothing)
         lines.append(f"| {agent} | {len(done)} / {len(grid)} | {mean_s(train)} | {mean_s(evals)} | "
                      f"{', '.join(hw) or '-'} |" if done else f"| {agent} | 0 / {len(grid)} | - | - | - |")  # fmt: skip
+        missing_all += [(agent, t) for (_, th, t, s) in grid if (agent, th, t, s) not in have]
         if len(done) < len(grid):
             missing = sorted({t for (_, th, t, s) in grid if (agent, th, t, s) not in have})
             flag = "--references-only" if agent == "reference" else f"--agents {agent}"
             missing_cmds.append(f"python -m benchmarks.sigma_benchmark run {flag} --t-c {' '.join(map(str, missing))} "
                                 f"--threats {' '.join(GRID_THREATS)} --seeds {' '.join(map(str, seeds))}")  # fmt: skip
+    if missing_all:
+        left = estimate_seconds_left(records, missing_all)
+        lines += ["", f"{len(missing_all)} entries left. " + (
+            f"At the measured costs of the finished entries (training: the mean per agent; evaluation: seconds per "
+            f"sample-forward, scaled to each t_c), they take about {left / 3600:.0f} CPU-hours on this hardware "
+            f"(one thread per entry; two entries run side by side on a 2-core CPU; the entries so far ran on a "
+            f"shared machine, 15-minute load average at their end {_loads(records)}, so an idle one is faster)."
+            if left is not None else
+            "Their cost is estimated once every kind of entry has one finished entry.")]  # fmt: skip
     if missing_cmds:
         lines += ["", "The rest of the grid (finished entries are skipped; `--workers 2` on a 2-core CPU):", "", "```bash",
                   *missing_cmds, "```"]  # fmt: skip

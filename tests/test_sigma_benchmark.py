@@ -96,3 +96,20 @@ def test_entry_validation_and_fingerprints(tmp_path: Path, monkeypatch: pytest.M
     assert before != sb.SigmaEntry("ppo", 20, "seed", seed=0).fingerprint()
     assert sb.SigmaEntry("reference", 20, "seed").training_args() == {}
     assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
+
+
+def test_time_left_estimate_scales_evaluation_with_t_c() -> None:
+    hw = {"load_avg_15min": 2.5}
+    common = {"threat": "seed", "t_c": 20, "seed": 0, "hardware": hw}
+    records = [{"agent": "reference", "eval_time_s": 2196.0, **common},
+               {"agent": "ppo", "eval_time_s": 1196.0, "train_time_s": 700.0, **common}]  # fmt: skip
+    # evaluation work: (1000 - t_c) / 50 prefix forwards + 10 (reference) or 2 (agent) forwards per step below t_c
+    assert sb._eval_work("reference", 20) == pytest.approx(219.6) and sb._eval_work("agent", 60) == pytest.approx(138.8)
+    assert sb.estimate_seconds_left(records, [("reference", 20)]) == pytest.approx(2196.0)
+    assert sb.estimate_seconds_left(records, [("reference", 60)]) == pytest.approx(2196.0 / 219.6 * 618.8)
+    assert sb.estimate_seconds_left(records, [("ppo", 60)]) == pytest.approx(700.0 + 1196.0 / 59.6 * 138.8)
+    assert sb.estimate_seconds_left(records, [("sac", 20)]) is None  # no SAC entry measured yet
+    assert "82 entries left. Their cost is estimated once every kind" in "\n".join(sb._progress(records))
+    records += [{"agent": a, "eval_time_s": 1196.0, "train_time_s": 300.0, **common} for a in ("sac", "tqc", "recurrent_ppo")]
+    text = "\n".join(sb._progress(records))
+    assert "79 entries left. At the measured costs" in text and "load average at their end 2.5 to 2.5" in text
