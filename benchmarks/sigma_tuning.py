@@ -108,6 +108,9 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
     "Z3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 3},
+    # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
+    "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
+           "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
     # Z's recipe at half the budget: can `make demo` (about 10 minutes asked) train 16,384 steps and still match?
     "Zh0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384,
             "gae_lambda": 1.0, "share_extractor": False},
