@@ -108,6 +108,12 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
     "Z3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 3},
+    # Z2 put a ~ 0 at t = 20..17: a Gaussian mean pushed past the box's edge gets no gradient once all its samples
+    # clip to a = 0. A Beta policy (Chou et al. 2017: support equal to the box) cannot get stuck there. Z + Beta:
+    "ZB2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "seed": 2, "distribution": "beta"},
+    "ZB0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta"},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
