@@ -455,6 +455,12 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
             out.append(f"- Low a at t = 1 ({', '.join(ends)}) costs nothing: alpha_bar_0 = 1 forces sigma = 0 at the "
                        "last step (the env card), so that action has no effect (the marginal table's t = 1 row is 0 "
                        "exactly); the mean action column still counts it.")  # fmt: skip
+    beta = [n for n in ("ZB2", "ZB0") if n in runs]
+    if beta:
+        out.append("- Z with the Beta policy (support equal to the box, so a mean cannot stall past its edge): "
+                   + ", ".join(f"{cell(n)} (Gaussian: {cell(n.replace('B', ''))}"
+                               + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
+                               for n in beta) + ".")  # fmt: skip
     half = [n for n in ("Zh0", "Zh1") if n in runs]
     if half:
         out.append("- Z's recipe at half the budget (16,384 steps, for a shorter `make demo`): "
