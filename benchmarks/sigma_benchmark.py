@@ -536,14 +536,21 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
             missing_cmds.append(f"python -m benchmarks.sigma_benchmark run {flag} --t-c {' '.join(map(str, missing))} "
                                 f"--threats {' '.join(GRID_THREATS)} --seeds {' '.join(map(str, seeds))}")  # fmt: skip
     if missing_all:
-        left = estimate_seconds_left(records, missing_all)
-        lines += ["", f"{len(missing_all)} entries left. " + (
-            f"At the measured costs of the finished entries (training: the mean per agent; evaluation: seconds per "
-            f"sample-forward, scaled to each t_c), they take about {left / 3600:.0f} CPU-hours on this hardware "
-            f"(one thread per entry; two entries run side by side on a 2-core CPU; the entries so far ran on a "
-            f"shared machine, 15-minute load average at their end {_loads(records)}, so an idle one is faster)."
-            if left is not None else
-            "Their cost is estimated once every kind of entry has one finished entry.")]  # fmt: skip
+        agents = sorted({a for a, _ in missing_all}, key=lambda a: ["reference", *AGENTS].index(a))
+        left = {a: estimate_seconds_left(records, [m for m in missing_all if m[0] == a]) for a in agents}
+        known = {a: v for a, v in left.items() if v is not None}
+        text = f"{len(missing_all)} entries left."
+        if known:
+            text += (" At the measured costs of the finished entries (training: the mean per agent; evaluation: "
+                     "seconds per sample-forward, scaled to each t_c), the missing "
+                     + ", ".join(f"{a} ({sum(m[0] == a for m in missing_all)})" for a in known)
+                     + f" entries take about {sum(known.values()) / 3600:.0f} CPU-hours on this hardware (one thread "
+                     f"per entry; two entries run side by side on a 2-core CPU; the entries so far ran on a shared "
+                     f"machine, 15-minute load average at their end {_loads(records)}, so an idle one is faster).")  # fmt: skip
+        unknown = [a for a in agents if a not in known]
+        if unknown:
+            text += f" Not estimated yet (no finished entry of that agent): {', '.join(unknown)}."
+        lines += ["", text]
     if missing_cmds:
         lines += ["", "The rest of the grid (finished entries are skipped; `--workers 2` on a 2-core CPU):", "", "```bash",
                   *missing_cmds, "```"]  # fmt: skip

@@ -109,7 +109,10 @@ def test_time_left_estimate_scales_evaluation_with_t_c() -> None:
     assert sb.estimate_seconds_left(records, [("reference", 60)]) == pytest.approx(2196.0 / 219.6 * 618.8)
     assert sb.estimate_seconds_left(records, [("ppo", 60)]) == pytest.approx(700.0 + 1196.0 / 59.6 * 138.8)
     assert sb.estimate_seconds_left(records, [("sac", 20)]) is None  # no SAC entry measured yet
-    assert "82 entries left. Their cost is estimated once every kind" in "\n".join(sb._progress(records))
+    text = "\n".join(sb._progress(records))
+    assert "82 entries left. At the measured costs" in text and "reference (11), ppo (35) entries take about" in text
+    assert "Not estimated yet (no finished entry of that agent): sac, tqc, recurrent_ppo." in text
     records += [{"agent": a, "eval_time_s": 1196.0, "train_time_s": 300.0, **common} for a in ("sac", "tqc", "recurrent_ppo")]
     text = "\n".join(sb._progress(records))
     assert "79 entries left. At the measured costs" in text and "load average at their end 2.5 to 2.5" in text
+    assert "Not estimated" not in text
