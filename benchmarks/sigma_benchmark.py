@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats as scipy_stats
 
 from benchmarks.leaderboard import _git_at_import, atomic_write_json, read_json_or_warn, run_leaderboard
 
@@ -233,8 +234,9 @@ class SigmaEntry:
         rows = summarize(results)
         quality = {r.name: independent_measures(r.x0_all) for r in results}
         quality["a=0 (baseline)"] = independent_measures(results[0].x0_baseline_all)
-        for row in rows:
+        for row, res in zip(rows, results, strict=True):
             row["independent"] = quality[row["schedule"]]
+            row["r1"] = [round(float(v), 6) for v in res.r1]  # per sample: agents are compared paired
         return {"kind": "reference", "rows": rows, "baseline_independent": quality["a=0 (baseline)"],
                 "eval_time_s": time.perf_counter() - t0}  # fmt: skip
 
@@ -366,8 +368,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         tcs = sorted(t for (th, t) in cells if th == threat)
         lines += [f"## Threat `{threat}`", "",
                   "| t_c | agent | seeds | IQM r_1 [95% CI] | per-seed mean r_1 | best constant (r_1) | a=1 | random | "
-                  "defence round | defence share | agent vs best constant |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "defence round | defence share | agent vs best constant | paired agent - best constant |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         series: dict[str, list[tuple[int, float, float, float]]] = {}
         best_series: list[tuple[int, float]] = []
         for t_c in tcs:
@@ -382,7 +384,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
             best_txt = f"{best['schedule']} ({best['mean_r1']:+.3f})" if best else "pending"
             if not cell["agents"]:
                 lines.append(f"| {t_c} | - | 0 | - | - | {best_txt} | {fmt('a=1')} | {fmt('random')} | "
-                             f"{fmt('defence=round')} | {fmt('defence=share')} | agents pending |")  # fmt: skip
+                             f"{fmt('defence=round')} | {fmt('defence=share')} | agents pending | - |")  # fmt: skip
             for agent, recs in sorted(cell["agents"].items()):
                 per_seed = [r["row"]["mean_r1"] for r in sorted(recs, key=lambda r: r["seed"])]
                 if len(per_seed) > 1:
@@ -400,7 +402,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                     verdict = "below"
                 lines.append(f"| {t_c} | {agent} | {len(per_seed)} | {iqm:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                              + ", ".join(f"{v:+.3f}" for v in per_seed) + f" | {best_txt} | {fmt('a=1')} | "
-                             f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} |")  # fmt: skip
+                             f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
+                             f"{_paired(recs, best)} |")  # fmt: skip
         lines.append("")
         for agent, pts in sorted(series.items()):
             xs = [p[0] for p in pts]
@@ -434,6 +437,20 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _paired(recs: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
+    """Per seed: mean of (agent r_1 - best constant r_1) over the same samples with a 95% CI (Student t), or '-'
+    where the reference entry predates per-sample rows.
+    """
+    if best is None or "r1" not in best:
+        return "-"
+    out = []
+    for r in sorted(recs, key=lambda r: r["seed"]):
+        diff = np.asarray(r["r1"], dtype=np.float64) - np.asarray(best["r1"], dtype=np.float64)[: len(r["r1"])]
+        half = float(scipy_stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out.append(f"seed {r['seed']}: {diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]")
+    return "; ".join(out)
 
 
 def _fig7_verdicts(threat: str, cells: dict, stats: Any) -> list[str]:

@@ -49,6 +49,10 @@ def test_agents_and_references_run_resume_and_report(tiny_unet_dir: Path, tmp_pa
     page = sb.build_report(tmp_path / "results", docs)
     text = page.read_text()
     assert "| 2 | ppo | 1 |" in text and "claim 1" in text and (docs / "figures" / "sigma_fig7.png").is_file()
+    assert all(len(r["r1"]) == 4 for r in ref["rows"])  # per-sample r_1 of every reference: agents compared paired
+    best = max((r for r in ref["rows"] if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
+    diff = np.asarray(ppo["r1"]) - np.asarray(best["r1"])
+    assert f"seed 0: {diff.mean():+.3f} [" in text
 
 
 @pytest.mark.slow
