@@ -108,8 +108,8 @@ RUNS: dict[str, dict[str, Any]] = {
            "gae_lambda": 1.0, "share_extractor": False, "seed": 2},
     "Z3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
            "gae_lambda": 1.0, "share_extractor": False, "seed": 3},
-    # Z2 put a ~ 0 at t = 20..17: a Gaussian mean pushed past the box's edge gets no gradient once all its samples
-    # clip to a = 0. A Beta policy (Chou et al. 2017: support equal to the box) cannot get stuck there. Z + Beta:
+    # Z2 put a = 0.01-0.02 at t = 20..18, at the box's lower edge, where a Gaussian's samples beyond the edge all clip
+    # to a = 0 and its gradient is biased (Chou et al. 2017); a Beta policy has support equal to the box. Z + Beta:
     "ZB2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
             "gae_lambda": 1.0, "share_extractor": False, "seed": 2, "distribution": "beta"},
     "ZB0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
