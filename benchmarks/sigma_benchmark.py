@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats as scipy_stats
 
 from benchmarks.leaderboard import _git_at_import, atomic_write_json, read_json_or_warn, run_leaderboard
 
@@ -169,16 +168,20 @@ class SigmaEntry:
             return {}
         return {**AGENTS[self.agent], **dict(self.agent_overrides)}
 
+    def _args(self) -> Any:
+        """The :class:`agents.ppo_sigma.Args` the agent trains with (no bars, no TensorBoard)."""
+        from agents.ppo_sigma import Args
+
+        env = {k: v for k, v in self.env_kwargs().items() if k in Args.__annotations__}
+        return Args(**{**self.agent_args(), **env, "seed": self.seed, "progress_bar": False, "tensorboard": False})
+
     def training_args(self) -> dict[str, Any]:
         """Every :class:`agents.ppo_sigma.Args` field the agent trains with (defaults resolved; empty for the
         references), without the ones that do not change the result (output folder, bars, logs, device).
         """
         if self.agent == "reference":
             return {}
-        from agents.ppo_sigma import Args
-
-        env = {k: v for k, v in self.env_kwargs().items() if k in Args.__annotations__}
-        args = dataclasses.asdict(Args(**{**self.agent_args(), **env, "seed": self.seed}))
+        args = dataclasses.asdict(self._args())
         for name in ("out_dir", "progress_bar", "tensorboard", "device"):
             args.pop(name)
         return args
@@ -242,10 +245,9 @@ class SigmaEntry:
 
     def _agent(self) -> dict[str, Any]:
         from agents.evaluate_sigma import evaluate_policy, summarize
-        from agents.ppo_sigma import Args, SB3SigmaPolicy, train
+        from agents.ppo_sigma import SB3SigmaPolicy, train
 
-        args = Args(**{**self.agent_args(), **{k: v for k, v in self.env_kwargs().items() if k in Args.__annotations__},
-                       "seed": self.seed, "progress_bar": False, "tensorboard": False})  # fmt: skip
+        args = self._args()
         ckpt = self.checkpoint_path()
         t0, c0 = time.perf_counter(), time.process_time()
         reused = (ckpt / "fingerprint.txt").is_file() and (ckpt / "fingerprint.txt").read_text() == self.fingerprint()
@@ -445,11 +447,13 @@ def _paired(recs: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
     """
     if best is None or "r1" not in best:
         return "-"
+    from agents.evaluate_sigma import _ci95
+
     out = []
     for r in sorted(recs, key=lambda r: r["seed"]):
         diff = np.asarray(r["r1"], dtype=np.float64) - np.asarray(best["r1"], dtype=np.float64)[: len(r["r1"])]
-        half = float(scipy_stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-        out.append(f"seed {r['seed']}: {diff.mean():+.3f} [{diff.mean() - half:+.3f}, {diff.mean() + half:+.3f}]")
+        lo, hi = _ci95(diff)
+        out.append(f"seed {r['seed']}: {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
     return "; ".join(out)
 
 

@@ -457,7 +457,7 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
                        "exactly); the mean action column still counts it.")  # fmt: skip
     beta = [n for n in ("ZB2", "ZB0") if n in runs]
     if beta:
-        out.append("- Z with the Beta policy (support equal to the box, so a mean cannot stall past its edge): "
+        out.append("- Z with the Beta policy (support equal to the box: no sample is clipped at its edges): "
                    + ", ".join(f"{cell(n)} (Gaussian: {cell(n.replace('B', ''))}"
                                + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
                                for n in beta) + ".")  # fmt: skip

@@ -62,7 +62,7 @@ def test_same_seed_same_training(kwargs_tiny, tmp_path) -> None:
         torch.testing.assert_close(p, q)
 
 
-def test_gated_cnn_starts_time_only_and_old_flat_checkpoints_load(kwargs_tiny, tmp_path) -> None:
+def test_gated_cnn_starts_time_only_and_old_flat_checkpoints_load(tmp_path) -> None:
     torch.manual_seed(0)
     agent = SigmaActorCritic((1, 8, 8), extractor="cnn_gated", log_std_init=0.0)
     assert isinstance(agent.actor_features, torch.nn.Module) and agent.actor_features is not agent.critic_features
