@@ -114,6 +114,15 @@ RUNS: dict[str, dict[str, Any]] = {
             "gae_lambda": 1.0, "share_extractor": False, "seed": 2, "distribution": "beta"},
     "ZB0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
             "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta"},
+    "ZB1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta", "seed": 1},
+    "ZB3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta", "seed": 3},
+    # Beta at half the budget: the demo's recipe if the Beta policy becomes the default
+    "ZBh0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384,
+             "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta"},
+    "ZBh1": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 16384,
+             "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta", "seed": 1},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
@@ -455,13 +464,13 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
             out.append(f"- Low a at t = 1 ({', '.join(ends)}) costs nothing: alpha_bar_0 = 1 forces sigma = 0 at the "
                        "last step (the env card), so that action has no effect (the marginal table's t = 1 row is 0 "
                        "exactly); the mean action column still counts it.")  # fmt: skip
-    beta = [n for n in ("ZB2", "ZB0") if n in runs]
+    beta = [n for n in ("ZB0", "ZB1", "ZB2", "ZB3") if n in runs]
     if beta:
         out.append("- Z with the Beta policy (support equal to the box: no sample is clipped at its edges): "
                    + ", ".join(f"{cell(n)} (Gaussian: {cell(n.replace('B', ''))}"
                                + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
                                for n in beta) + ".")  # fmt: skip
-    half = [n for n in ("Zh0", "Zh1") if n in runs]
+    half = [n for n in ("Zh0", "Zh1", "ZBh0", "ZBh1") if n in runs]
     if half:
         out.append("- Z's recipe at half the budget (16,384 steps, for a shorter `make demo`): "
                    + ", ".join(f"{cell(n)} (full budget: {cell(n.replace('h', ''))})" for n in half) + ".")  # fmt: skip
