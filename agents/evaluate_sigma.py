@@ -92,13 +92,15 @@ def evaluate_policy(
     seed: int = 0,
     keep: int = 8,
     progress: bool = True,
+    mirror_baseline: bool = False,
 ) -> ScheduleResult:
     """Run ``n_samples`` episodes of ``policy`` (SB3 ``predict`` interface) against the fixed baseline.
 
     Sample ``i`` uses sub-env seed ``seed + i`` for every policy, so all schedules see the same ``x_T``,
     noise and attack draws. Recurrent policies get their state and ``episode_start`` back each step. The
-    progress bar counts sample-steps (``n_samples * t_c``). Raises ``ValueError`` if ``n_samples`` or
-    ``batch_size`` is < 1.
+    progress bar counts sample-steps (``n_samples * t_c``). ``mirror_baseline=True`` ignores the policy's
+    actions and runs the baseline schedule alone (:attr:`DDIMSigmaSimulator.mirror_baseline`: half the network
+    calls; r_1 = 0). Raises ``ValueError`` if ``n_samples`` or ``batch_size`` is < 1.
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
@@ -113,6 +115,7 @@ def evaluate_policy(
     while done_samples < n_samples:
         n = min(batch_size, n_samples - done_samples)
         env = DDIMSigmaVectorEnv(num_envs=n, **kw)
+        env.sim.mirror_baseline = mirror_baseline
         obs, _ = env.reset(seed=seed + done_samples)
         ret, etas, terminated = np.zeros(n), [], False
         state, episode_start = None, np.ones(n, dtype=bool)
@@ -150,13 +153,14 @@ def evaluate_defence(
     defence: str, env_kwargs: dict[str, Any], baseline: ScheduleResult, n_samples: int = 500, batch_size: int = 250,
     seed: int = 0, progress: bool = True,
 ) -> ScheduleResult:  # fmt: skip
-    """The non-RL defence as a schedule: sigma = 0 with the timestep ``defence`` on, against the *undefended*
-    sigma = 0 baseline of ``baseline`` (a result of :func:`evaluate_policy` with the same seeds and kwargs).
+    """The non-RL defence as a schedule: the baseline's sigma (0 by default) with the timestep ``defence`` on,
+    against the *undefended* baseline of ``baseline`` (a result of :func:`evaluate_policy`, same seeds and kwargs).
 
-    ``r1 = Q(x_0 | defence) - Q(x_0 | no defence)`` per sample: the same x_T and draws, so it is paired.
+    ``r1 = Q(x_0 | defence) - Q(x_0 | no defence)`` per sample: the same x_T and draws, so it is paired. The
+    defended baseline runs alone (``mirror_baseline``): one trajectory per sample, not the schedule beside itself.
     """
     res = evaluate_policy(f"defence={defence}", ConstantAction(0.0), {**env_kwargs, "defence": defence},
-                          n_samples, batch_size, seed, progress=progress)  # fmt: skip
+                          n_samples, batch_size, seed, progress=progress, mirror_baseline=True)  # fmt: skip
     res.q0_baseline = baseline.q0_baseline[: len(res.q0_agent)]
     res.r1 = res.q0_agent - res.q0_baseline
     return res

@@ -107,10 +107,10 @@ def test_time_left_estimate_scales_evaluation_with_t_c() -> None:
     common = {"threat": "seed", "t_c": 20, "seed": 0, "hardware": hw}
     records = [{"agent": "reference", "eval_time_s": 2196.0, **common},
                {"agent": "ppo", "eval_time_s": 1196.0, "train_time_s": 700.0, **common}]  # fmt: skip
-    # evaluation work: (1000 - t_c) / 50 prefix forwards + 10 (reference) or 2 (agent) forwards per step below t_c
-    assert sb._eval_work("reference", 20) == pytest.approx(219.6) and sb._eval_work("agent", 60) == pytest.approx(138.8)
+    # evaluation work: (1000 - t_c) / 50 prefix forwards + 8 (reference) or 2 (agent) forwards per step below t_c
+    assert sb._eval_work("reference", 20) == pytest.approx(179.6) and sb._eval_work("agent", 60) == pytest.approx(138.8)
     assert sb.estimate_seconds_left(records, [("reference", 20)]) == pytest.approx(2196.0)
-    assert sb.estimate_seconds_left(records, [("reference", 60)]) == pytest.approx(2196.0 / 219.6 * 618.8)
+    assert sb.estimate_seconds_left(records, [("reference", 60)]) == pytest.approx(2196.0 / 179.6 * 498.8)
     assert sb.estimate_seconds_left(records, [("ppo", 60)]) == pytest.approx(700.0 + 1196.0 / 59.6 * 138.8)
     assert sb.estimate_seconds_left(records, [("sac", 20)]) is None  # no SAC entry measured yet
     text = "\n".join(sb._progress(records))

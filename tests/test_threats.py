@@ -165,6 +165,40 @@ def test_baseline_cache_replays_the_baseline_whatever_the_schedule(kwargs_tiny, 
         np.testing.assert_allclose(want, got, atol=1e-5)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_mirror_baseline_runs_the_baseline_alone(kwargs_tiny, cached) -> None:
+    """``mirror_baseline`` (how evaluate_defence scores a defended baseline) gives the x_0, qualities and sigma
+    of the sigma = 0 baseline run as an agent beside itself, with every network call on N samples, not 2N.
+    """
+    n = 3
+    kw = {**kwargs_tiny, "defence": "round", "attack_budget": 0.4}
+    zeros = np.zeros((n, 1), dtype=np.float32)
+
+    def run(mirror):
+        venv = DDIMSigmaVectorEnv(num_envs=n, baseline_cache=cached, **kw)
+        venv.sim.mirror_baseline = mirror
+        calls = []
+        hook = venv.sim.model.unet.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+        try:
+            venv.reset(seed=11)
+            out = []
+            for _ in range(4):
+                obs, r, _, _, info = venv.step(zeros)
+                out += [obs["x_t"], r, info["q_agent"], info["q_baseline"], info["sigma"]]
+        finally:
+            hook.remove()
+        return out + [venv.sim.x0_agent.numpy()], calls
+
+    BASELINE_CACHE.clear()
+    paired, paired_calls = run(False)
+    mirrored, calls = run(True)
+    assert 2 * n in paired_calls  # the schedule beside the baseline: 2N per step (the first run records the memo)
+    assert calls and set(calls) == {n}  # mirrored: N (cached: the steps are replayed, only the prefix and reset run)
+    for want, got in zip(paired, mirrored, strict=True):
+        np.testing.assert_allclose(want, got, atol=1e-5)
+    assert not np.allclose(paired[0], 0.0)
+
+
 def test_baseline_cache_keys_on_the_configuration(kwargs_tiny) -> None:
     BASELINE_CACHE.clear()
     actions = np.full((2, 1), 0.5, dtype=np.float32)

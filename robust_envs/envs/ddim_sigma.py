@@ -252,6 +252,11 @@ class DDIMSigmaSimulator:
     ``baseline_cache=True`` (off by default; seeded resets only) replays the sigma = 0 baseline of an episode seed
     seen before with the same configuration (:class:`BaselineCache`): steps then run the network and the evaluator
     on the N agent samples only. Exact up to float round-off between batch compositions (~1e-6).
+
+    ``mirror_baseline`` (attribute, False by default; set it after construction) makes the agent's trajectory the
+    baseline's: actions are ignored, each step runs the network and the evaluator on the N baseline samples only
+    and reports them for both, so every reward is 0. It is how :func:`agents.evaluate_sigma.evaluate_defence`
+    scores the baseline schedule under a defence at half the cost of running it as an agent beside itself.
     """
 
     def __init__(
@@ -290,6 +295,7 @@ class DDIMSigmaSimulator:
         self.prefix_cache = bool(prefix_cache)
         self.prefix_pool = int(prefix_pool)
         self.baseline_cache = bool(baseline_cache)
+        self.mirror_baseline = False
         self._replay: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # cached baselines
         self._record: tuple[list[tuple], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
         self.alpha_bar = self.schedule.alpha_bar.to(self.device)  # float64: see ddim_step
@@ -386,6 +392,24 @@ class DDIMSigmaSimulator:
         """The agent's sigma ``(N,)`` for actions ``(N,)`` in [0, 1] at the current step."""
         return action * self.sigma_scale(self.t)
 
+    def _replayed(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The cached baseline's ``x_{t-1}``, x0 prediction and quality at step index ``k = t_c - t``."""
+        assert self._replay is not None
+        return (torch.stack([e[0][k] for e in self._replay]), torch.stack([e[1][k] for e in self._replay]),
+                torch.stack([e[2][k] for e in self._replay]))  # fmt: skip
+
+    def _record_baseline(self, x_b: torch.Tensor, x0_b: torch.Tensor, q_b: torch.Tensor, t_prev: int) -> None:
+        """Append a computed baseline step to the episode's record; store the record in the memo at t = 0."""
+        if self._record is None:
+            return
+        self._record[1].append((x_b, x0_b, q_b))
+        if t_prev == 0:
+            steps = self._record[1]
+            for i, key in enumerate(self._record[0]):
+                BASELINE_CACHE.put(key, torch.stack([st[0][i] for st in steps]),
+                                   torch.stack([st[1][i] for st in steps]), torch.stack([st[2][i] for st in steps]))  # fmt: skip
+            self._record = None
+
     def step(self, action: torch.Tensor) -> SimulatorStep:
         """Apply the agents' actions ``(N,)`` in [0, 1] at the current t; returns rewards and qualities.
 
@@ -398,19 +422,33 @@ class DDIMSigmaSimulator:
         ab_t, ab_prev = self.alpha_bar[t], self.alpha_bar[t_prev]
         sigma_a = self.sigma_for(action)
         z = self._normal()
-        x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
-        if self._replay is not None:  # the baseline of these seeds is known: the agent's N samples only
-            k = self.t_c - t
+        if self.mirror_baseline:  # the agent is the baseline: N samples, one trajectory
+            sigma_a = torch.full_like(sigma_a, self._baseline_sigma(t, t_prev))
+            if self._replay is not None:
+                x_b, x0_b, q_b = self._replayed(self.t_c - t)
+            else:
+                x_b = ddim_step(self.x_baseline, self.eps_baseline, ab_t, ab_prev, self._baseline_sigma(t, t_prev), z).x_prev
+                if t_prev >= 1:
+                    self.eps_baseline = self._eps(x_b, t_prev)
+                    x0_b = predict_x0(x_b, self.eps_baseline, ab_prev)
+                else:
+                    x0_b = x_b
+                q_b = self.evaluator(_to_unit(x0_b))
+                self._record_baseline(x_b, x0_b, q_b, t_prev)
+            self.eps_agent = self.eps_baseline
+            x_a, x0_a, q_a = x_b, x0_b, q_b
+        elif self._replay is not None:  # the baseline of these seeds is known: the agent's N samples only
+            x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
             if t_prev >= 1:
                 self.eps_agent = self._eps(x_a, t_prev)
                 x0_a = predict_x0(x_a, self.eps_agent, ab_prev)
             else:
                 x0_a = x_a
             q_a = self.evaluator(_to_unit(x0_a))
-            x_b = torch.stack([e[0][k] for e in self._replay])
-            x0_b = torch.stack([e[1][k] for e in self._replay])
-            q_b = torch.stack([e[2][k] for e in self._replay]).to(q_a.dtype)
+            x_b, x0_b, q_b = self._replayed(self.t_c - t)
+            q_b = q_b.to(q_a.dtype)
         else:
+            x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
             x_b = ddim_step(self.x_baseline, self.eps_baseline, ab_t, ab_prev, self._baseline_sigma(t, t_prev), z).x_prev
             pair = torch.cat([x_a, x_b])
             if t_prev >= 1:
@@ -422,14 +460,7 @@ class DDIMSigmaSimulator:
             q = self.evaluator(_to_unit(x0))
             q_a, q_b = q.chunk(2)
             x0_a, x0_b = x0.chunk(2)
-            if self._record is not None:
-                self._record[1].append((x_b, x0_b, q_b))
-                if t_prev == 0:
-                    steps = self._record[1]
-                    for i, key in enumerate(self._record[0]):
-                        BASELINE_CACHE.put(key, torch.stack([st[0][i] for st in steps]),
-                                           torch.stack([st[1][i] for st in steps]), torch.stack([st[2][i] for st in steps]))  # fmt: skip
-                    self._record = None
+            self._record_baseline(x_b, x0_b, q_b, t_prev)
         self.x_agent, self.x_baseline = x_a, x_b
         self.x0_agent, self.x0_baseline = x0_a, x0_b
         self.t = t_prev
