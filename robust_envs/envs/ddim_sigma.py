@@ -296,6 +296,8 @@ class DDIMSigmaSimulator:
         self.prefix_pool = int(prefix_pool)
         self.baseline_cache = bool(baseline_cache)
         self.mirror_baseline = False
+        #: with ``prefix_pool``: the pool entry each episode of the last reset started from (``num_envs`` ints)
+        self.pool_index: list[int] | None = None
         self._replay: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # cached baselines
         self._record: tuple[list[tuple], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
         self.alpha_bar = self.schedule.alpha_bar.to(self.device)  # float64: see ddim_step
@@ -356,6 +358,7 @@ class DDIMSigmaSimulator:
             picks = [
                 int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators
             ]
+            self.pool_index = picks
             pool_gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in picks]
             x = self._cached_prefix([POOL_SEED_BASE + j for j in picks], pool_gens, restore=False)
         elif self.prefix_cache and torch_seeds is not None:

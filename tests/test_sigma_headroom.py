@@ -1,0 +1,48 @@
+"""The per-image headroom bound (benchmarks/sigma_headroom.py): the statistic on synthetic returns, the loop on
+the tiny UNet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks import sigma_headroom as sh
+
+
+def test_crossfit_finds_image_dependent_best_action() -> None:
+    rng = np.random.default_rng(0)
+    grid = (0.0, 0.5, 1.0)
+    index = np.repeat(np.arange(20), 16)
+    # images 0-9 prefer a = 1 by 0.3, images 10-19 prefer a = 0.5 by 0.2; per-episode noise 0.05
+    r1 = np.zeros((3, len(index)))
+    r1[2] = np.where(index < 10, 0.6, 0.3)
+    r1[1] = np.where(index < 10, 0.3, 0.5)
+    r1[1:] += rng.normal(0, 0.05, (2, len(index)))
+    out = sh.headroom(r1, index, grid)
+    assert out["best_constant"] == 1.0 and out["n_images"] == 20
+    assert out["crossfit_gain"] == pytest.approx(0.1, abs=0.02)  # half the images gain 0.2
+    assert out["crossfit_gain_ci95"][0] > 0
+    assert out["chosen"] == {"0": 0, "0.5": 20, "1": 20}
+
+
+def test_crossfit_gain_is_unbiased_without_headroom() -> None:
+    """Same distribution for every image: the in-sample oracle profits from noise, the cross-fit gain does not."""
+    rng = np.random.default_rng(1)
+    index = np.repeat(np.arange(64), 8)
+    r1 = np.stack([np.zeros(len(index)), 0.5 + rng.normal(0, 0.3, len(index)), 0.55 + rng.normal(0, 0.3, len(index))])
+    out = sh.headroom(r1, index, (0.0, 0.5, 1.0))
+    lo, hi = out["crossfit_gain_ci95"]
+    assert out["oracle_gain"] > 0.03 and lo < 0 < hi and out["crossfit_gain"] < out["oracle_gain"] / 2
+
+
+def test_constant_r1_pairs_episodes_to_pool_images(kwargs_tiny, one_thread) -> None:
+    kw = {**kwargs_tiny, "prefix_pool": 3}
+    r1_a, idx_a = sh.constant_r1(1.0, kw, 10, batch_size=4, progress=False)
+    r1_b, idx_b = sh.constant_r1(0.5, kw, 10, batch_size=4, progress=False)
+    assert r1_a.shape == (10,) and np.array_equal(idx_a, idx_b) and set(idx_a) <= {0, 1, 2}
+    assert not np.allclose(r1_a, r1_b)
+    r1_0, _ = sh.constant_r1(0.0, kw, 4, progress=False)
+    np.testing.assert_allclose(r1_0, 0.0, atol=1e-6)  # a = 0 is the baseline itself
+    with pytest.raises(ValueError, match="prefix_pool"):
+        sh.constant_r1(1.0, kwargs_tiny, 4, progress=False)
