@@ -6,8 +6,11 @@ network forward on 2N samples and one evaluator call on 2N images; its rate igno
 from one run on one machine (shared machines are noisy: compare columns, not runs).
 
 A second table measures whole episodes at ``--pool-num-envs`` N for each ``--pool-t-c``: the batched env as is,
-the batched env with ``prefix_pool=N`` (filled by a warm-up reset, so the strided prefix above t_c is skipped),
-and the episode floor (the prefix's forwards on N samples, then t_c forwards and scorer calls on 2N).
+the batched env with ``prefix_pool=N`` (filled by warm-up resets, so the strided prefix above t_c is skipped), timed
+in alternation episode by episode,
+and the episode floor (the prefix's forwards on N samples, the forward at t_c on N, then t_c - 1 forwards and
+t_c scorer calls on 2N). ``--threads`` sets torch's thread count (the benchmark grid and the learners run one
+thread per process).
 
 Results go to ``benchmarks/results/throughput.json`` and ``docs/throughput.md`` (generated).
 
@@ -76,9 +79,27 @@ def episodes_per_second(venv: gym.vector.VectorEnv, episodes: int, t_c: int, see
     return steps_per_second(venv, episodes, t_c, seed) / t_c
 
 
+def paired_episodes_per_second(plain: gym.vector.VectorEnv, pooled: gym.vector.VectorEnv, episodes: int, t_c: int,
+                               seed: int) -> tuple[float, float]:  # fmt: skip
+    """Whole episodes per second of two envs timed in alternation (plain, pooled, plain, ...), resets included:
+    on a shared machine both see the same load, so their ratio is less noisy than from two separate blocks.
+    """
+    took = [0.0, 0.0]
+    action = np.full((plain.num_envs, 1), 0.5, dtype=np.float32)
+    for e in range(episodes):
+        for i, venv in enumerate((plain, pooled)):
+            start = _CLOCK()
+            venv.reset(seed=seed + 1000 * e)
+            for _ in range(t_c):
+                venv.step(action)
+            took[i] += _CLOCK() - start
+    return plain.num_envs * episodes / took[0], pooled.num_envs * episodes / took[1]
+
+
 def episode_floor(kwargs: dict[str, Any], n: int, repeats: int = 2) -> dict[str, float]:
-    """Seconds per episode of N samples that no env can avoid: the prefix (K forwards on N) and t_c forwards and
-    scorer calls on 2N; returned with the two parts.
+    """Seconds per episode of N samples that no env can avoid, returned with its two parts: ``prefix_s``, the K
+    strided forwards above t_c on N samples; ``steps_s``, the forward at t_c on N (the eps of the first step),
+    t_c - 1 forwards on 2N (agent and baseline; the step to x_0 needs none) and t_c scorer calls on 2N.
     """
     device = _resolve_device(kwargs.get("device"))
     model = _get_model(kwargs.get("model", "embedded"), device)
@@ -92,12 +113,17 @@ def episode_floor(kwargs: dict[str, Any], n: int, repeats: int = 2) -> dict[str,
     start = _CLOCK()
     for _ in range(repeats):
         model(x1, t1)
-    per_prefix_forward = (_CLOCK() - start) / repeats
+    per_forward_n = (_CLOCK() - start) / repeats
     start = _CLOCK()
     for _ in range(repeats):
-        evaluator(((model(x2, t2) + 1) / 2).clamp(0, 1))
-    per_step = (_CLOCK() - start) / repeats
-    return {"prefix_s": k * per_prefix_forward, "steps_s": t_c * per_step, "episode_s": k * per_prefix_forward + t_c * per_step}
+        model(x2, t2)
+    per_forward_2n = (_CLOCK() - start) / repeats
+    start = _CLOCK()
+    for _ in range(repeats):
+        evaluator(((x2 + 1) / 2).clamp(0, 1))
+    per_score = (_CLOCK() - start) / repeats
+    steps_s = per_forward_n + (t_c - 1) * per_forward_2n + t_c * per_score
+    return {"prefix_s": k * per_forward_n, "steps_s": steps_s, "episode_s": k * per_forward_n + steps_s}
 
 
 def render(data: dict[str, Any]) -> str:
@@ -123,8 +149,8 @@ def render(data: dict[str, Any]) -> str:
               "(one per sub-env generator) and the numpy conversion at the API boundary."]  # fmt: skip
     if data.get("pool_rows"):
         lines += ["", "## Per episode: the prefix above t_c, and the prefix pool", "",
-                  "Episodes per second (each of N samples); floor = the prefix's forwards on N plus t_c forwards and "
-                  "scorer calls on 2N; `prefix_pool=N` skips the prefix once the pool is filled (a warm-up reset "
+                  "Episodes per second (each of N samples); floor = the prefix's K forwards on N, the forward at t_c on N, "
+                  "then t_c - 1 forwards and t_c scorer calls on 2N; `prefix_pool=N` skips the prefix once the pool is filled (a warm-up reset "
                   "fills it). One run per row: compare within a row."
                   + (f" Measured by `python -m benchmarks.throughput {m['pool_argv']}` ({m['pool_hardware']})."
                      if m.get("pool_argv") else ""), "",
@@ -159,7 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-num-envs", type=int, default=64)
     parser.add_argument("--skip-sync", action="store_true", help="only the per-episode (prefix pool) table")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="time rates in wall or process CPU time")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ns = parser.parse_args(argv)
+    if ns.threads is not None:
+        if ns.threads < 1:
+            parser.error(f"--threads must be >= 1, got {ns.threads}")
+        torch.set_num_threads(ns.threads)
     global _CLOCK
     _CLOCK = time.perf_counter if ns.clock == "wall" else time.process_time
     kwargs = {"t_c": ns.t_c, "stride": ns.stride, "evaluator": ns.evaluator, "model": ns.model, "device": ns.device}
@@ -178,10 +209,14 @@ def main(argv: list[str] | None = None) -> None:
         kw = {**kwargs, "t_c": t_c}
         plain = DDIMSigmaVectorEnv(num_envs=n, **kw)
         pooled = DDIMSigmaVectorEnv(num_envs=n, prefix_pool=n, **kw)
-        for e in range(8):  # fill the pool: every entry drawn at least once (with high probability)
+        drawn: set[int] = set()
+        for e in range(64):  # fill the pool: reset until every entry has been drawn (so computed) once
             pooled.reset(seed=10_000 + e)
-        row = {"t_c": t_c, "num_envs": n, "batched": episodes_per_second(plain, ns.episodes, t_c, 0),
-               "pooled": episodes_per_second(pooled, ns.episodes, t_c, 0), "floor": episode_floor(kw, n)}  # fmt: skip
+            drawn |= set(pooled.sim.pool_index or [])
+            if len(drawn) == n:
+                break
+        batched, pooled_rate = paired_episodes_per_second(plain, pooled, ns.episodes, t_c, 0)
+        row = {"t_c": t_c, "num_envs": n, "batched": batched, "pooled": pooled_rate, "floor": episode_floor(kw, n)}
         pool_rows.append(row)
         print(row, flush=True)
     device = _resolve_device(ns.device)
