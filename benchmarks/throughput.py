@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         plain = DDIMSigmaVectorEnv(num_envs=n, **kw)
         pooled = DDIMSigmaVectorEnv(num_envs=n, prefix_pool=n, **kw)
         drawn: set[int] = set()
-        for e in range(64):  # fill the pool: reset until every entry has been drawn (so computed) once
-            pooled.reset(seed=10_000 + e)
+        for e in range(64):  # fill the pool: reset until every entry has been drawn (so computed) once; sub-env i
+            pooled.reset(seed=10_000 + n * e)  # of reset(seed=s) is seeded s + i, so fresh seeds step by n
             drawn |= set(pooled.sim.pool_index or [])
             if len(drawn) == n:
                 break
