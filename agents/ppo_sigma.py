@@ -111,7 +111,8 @@ class Args:
     gradient_steps: int = -1
     """SAC / TQC: gradient steps per vector step (-1: one per env transition, i.e. num_envs; SB3's meaning)"""
     ent_coef: str = "auto"
-    """SAC / TQC: entropy coefficient ('auto', 'auto_<init>' or a number, as SB3 takes it)"""
+    """SAC / TQC: entropy coefficient ('auto', 'auto_<init>' or a number, as SB3 takes it); PPO / RecurrentPPO: the
+    entropy bonus of the loss ('auto': 0, SB3's default; or a number)"""
     distribution: str = "gaussian"
     """PPO's action distribution: 'gaussian' (SB3's, samples clipped to the box) or 'beta' (agents/beta_policy.py,
     Chou et al. 2017: support equal to the box, mode as the deterministic action)"""
@@ -174,6 +175,9 @@ class Args:
                     raise ValueError
             except ValueError:
                 raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number >= 0, got {self.ent_coef!r}") from None
+        if self.algo in ("ppo", "recurrent_ppo") and self.ent_coef.startswith("auto_"):
+            raise ValueError(f"ent_coef {self.ent_coef!r} (a learnt coefficient) is for SAC / TQC; PPO takes 'auto' (0) "
+                             "or a number >= 0")  # fmt: skip
 
 
 def resolved_extractor(args: Any) -> str:
@@ -360,7 +364,8 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
             policy = BetaMultiInputPolicy
         return cls(policy, venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=args.n_epochs,
                    clip_range=args.clip_range, gae_lambda=getattr(args, "gae_lambda", 0.95), policy_kwargs=policy_kwargs, use_sde=args.use_sde,
-                   sde_sample_freq=args.sde_sample_freq, **common)  # fmt: skip
+                   sde_sample_freq=args.sde_sample_freq,
+                   ent_coef=0.0 if args.ent_coef == "auto" else float(args.ent_coef), **common)  # fmt: skip
     # SAC / TQC: `gradient_steps` per vector step (default one per env transition: a replay ratio of 1), a replay
     # buffer of the whole budget
     ent_coef: Any = args.ent_coef if args.ent_coef.startswith("auto") else float(args.ent_coef)

@@ -118,6 +118,14 @@ RUNS: dict[str, dict[str, Any]] = {
             "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta", "seed": 1},
     "ZB3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
             "gae_lambda": 1.0, "share_extractor": False, "distribution": "beta", "seed": 3},
+    # Z2 stalled with a Gaussian mean past the lower edge (a = 0.01 at t = 20..18): every sample there clips to a = 0,
+    # so no sample tells the policy to come back. An entropy bonus keeps the std up; Z + ent_coef 0.01 (SB3 PPO: 0):
+    "ZE2": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "seed": 2, "ent_coef": "0.01"},
+    "ZE0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01"},
+    "ZE3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "seed": 3, "ent_coef": "0.01"},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
@@ -465,6 +473,12 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
                    + ", ".join(f"{cell(n)} (Gaussian: {cell(n.replace('B', ''))}"
                                + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
                                for n in beta) + ".")  # fmt: skip
+    entropy = [n for n in ("ZE0", "ZE2", "ZE3") if n in runs]
+    if entropy:
+        out.append("- Z with an entropy bonus (ent_coef 0.01; SB3's PPO default is 0): "
+                   + ", ".join(f"{cell(n)} (without: {cell(n.replace('E', ''))}"
+                               + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
+                               for n in entropy) + ".")  # fmt: skip
     paired = [n for n in beta if n.replace("B", "") in runs]
     if len(paired) >= 3:
         ok_b = [n for n in paired if runs[n]["mean_a"] >= 0.95]
