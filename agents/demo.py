@@ -140,7 +140,8 @@ def _reading(rows: list[dict], meta: dict | None = None) -> str:
             "[fidelity.md](fidelity.md) checks it against independent quality measures (KID / FID agree, slightly). "
             + ("Why the learner stops short of the edge a = 1 of the action box, and what was tried: "
                if verdict == "is below" else "What the learner needed to get here, and what did not help: ")
-            + "[sigma_tuning.md](sigma_tuning.md).")
+            + "[sigma_tuning.md](sigma_tuning.md). How much any agent could gain over the best constant by "
+            "choosing the action per image: [sigma_headroom.md](sigma_headroom.md).")
 
 
 def _features(ppo_args: dict) -> str:

@@ -427,6 +427,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         lines += ["No entry has run yet: the grid below is the plan and its commands.", ""]
     lines += ["![Fig. 7](figures/sigma_fig7.png)", "", "## Seed 000's Fig. 7 claims, checked", ""]
     lines += verdict_rows or ["No PPO entry yet: no claim checked."]
+    lines += ["", "How much any agent could gain over the best constant by choosing its action per image (a cross-fitted "
+              "bound measured on held-out draws): [sigma_headroom.md](sigma_headroom.md)."]  # fmt: skip
     lines += ["", "## Budgets and progress", ""] + _progress(records)
     lines += ["", "## Independent quality measures (reward hacking check)", "",
               "The same final images scored without the env's scorer: KID and FID over the features of the embedded "
