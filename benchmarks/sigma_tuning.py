@@ -126,6 +126,10 @@ RUNS: dict[str, dict[str, Any]] = {
             "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01"},
     "ZE3": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
             "gae_lambda": 1.0, "share_extractor": False, "seed": 3, "ent_coef": "0.01"},
+    # under the shift threat (the benchmark's threat (b): every t <= t_c seen as t + 20), where docs/sigma_headroom.md
+    # finds a per-image constant 38% above a = 1: can the learner find that headroom? ZE's recipe (entropy bonus)
+    "ZS0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
@@ -180,21 +184,29 @@ def run(name: str, out_root: Path) -> dict[str, Any]:
     return record
 
 
-def consts(grid: tuple[float, ...] = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)) -> list[dict[str, Any]]:
-    """Constant actions on the 64 samples: mean r_1 and mean return of the paper's reward (Eq. 19-21)."""
+#: Threats other than the seed's that tuning runs use (``consts --threat``); the benchmark's definitions.
+SHIFT = {"attack": "shift", "attack_budget": 20.0}
+
+
+def consts(grid: tuple[float, ...] = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), threat: str = "seed") -> list[dict[str, Any]]:
+    """Constant actions on the 64 samples: mean r_1 and mean return of the paper's reward (Eq. 19-21), under the
+    seed's threat (stored as ``consts``) or the shift threat (``consts_shift``).
+    """
     from agents.evaluate_sigma import evaluate_policy
     from agents.ppo_sigma import Args, env_kwargs
     from agents.reference import ConstantAction
 
+    if threat not in ("seed", "shift"):
+        raise ValueError(f"threat must be 'seed' or 'shift', got {threat!r}")
+    kw = env_kwargs(Args(**(SHIFT if threat == "shift" else {})))
     rows = []
     for a in grid:
-        res = evaluate_policy(f"a={a}", ConstantAction(a), env_kwargs(Args()), n_samples=N_EVAL, seed=EVAL_SEED,
-                              progress=False)  # fmt: skip
+        res = evaluate_policy(f"a={a}", ConstantAction(a), kw, n_samples=N_EVAL, seed=EVAL_SEED, progress=False)
         rows.append({"a": a, "r1": float(res.r1.mean()), "r1_std": float(res.r1.std(ddof=1)),
                      "return": float(res.episode_return.mean()), "return_std": float(res.episode_return.std(ddof=1))})  # fmt: skip
         print(rows[-1], flush=True)
     data = _load()
-    data["consts"] = rows
+    data["consts" if threat == "seed" else f"consts_{threat}"] = rows
     _save(data)
     return rows
 
@@ -409,7 +421,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
                 out.append("- R's recipe across training seeds: " + "; ".join(
                     f"{n} (seed {runs[n]['overrides'].get('seed', 0)}): mean action {runs[n]['mean_a']:.2f}, r_1 "
                     f"{runs[n]['r1']:+.3f}" for n in seeds) + ".")  # fmt: skip
-        out += _image_code_lines(runs, by_r1 if c else None)
+        out += _image_code_lines(runs, by_r1 if c else None, data.get("consts_shift"))
         for n in ("O", "Q"):
             if n in runs:
                 by_t = runs[n]["a_by_t"]
@@ -425,7 +437,8 @@ def _reading(data: dict[str, Any]) -> list[str]:
     return out
 
 
-def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list[str]:
+def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None,
+                      data_consts_shift: list[dict[str, Any]] | None = None) -> list[str]:
     """R / T / U / W / Y / Z per training seed (shared CNN code, unshared, gated, gated + unshared, gated with
     Monte-Carlo advantages, all three).
     """
@@ -479,6 +492,12 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None) -> list
                    + ", ".join(f"{cell(n)} (without: {cell(n.replace('E', ''))}"
                                + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
                                for n in entropy) + ".")  # fmt: skip
+    if "ZS0" in runs:
+        shift = {f"a={c['a']:g}": c["r1"] for c in (data_consts_shift or [])}
+        best = max(shift, key=lambda k: shift[k]) if shift else None
+        out.append(f"- Under the shift threat (20 timesteps), ZE's recipe: {cell('ZS0')}; the constants on the same samples "
+                   "under that threat: " + (", ".join(f"{k} {v:+.3f}" for k, v in shift.items()) + f" (best {best})"
+                   if shift else "not measured yet (`consts --threat shift`)") + ".")  # fmt: skip
     paired = [n for n in beta if n.replace("B", "") in runs]
     if len(paired) >= 3:
         ok_b = [n for n in paired if runs[n]["mean_a"] >= 0.95]
@@ -503,7 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     r = sub.add_parser("run")
     r.add_argument("names", nargs="+", choices=sorted(RUNS))
     r.add_argument("--out-root", default="runs/sigma_tuning")
-    sub.add_parser("consts")
+    c = sub.add_parser("consts")
+    c.add_argument("--threat", choices=["seed", "shift"], default="seed")
     sub.add_parser("align")
     sub.add_parser("marginal")
     sub.add_parser("report")
@@ -512,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         for name in ns.names:
             print(name, run(name, Path(ns.out_root)), flush=True)
     elif ns.command == "consts":
-        consts()
+        consts(threat=ns.threat)
     elif ns.command == "align":
         align()
     elif ns.command == "marginal":
