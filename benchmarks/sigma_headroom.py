@@ -185,6 +185,21 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _demo_resolution() -> str:
+    """The 95% half-width of the demo's paired PPO - best-constant difference (docs/demo_eval.json), scaled to the
+    benchmark's 500 samples; empty when that file or field is absent.
+    """
+    try:
+        meta = json.loads((REPO_ROOT / "docs" / "demo_eval.json").read_text())["meta"]
+        lo, hi = meta["paired_vs_best"]["ci95"]
+        n = int(meta["n_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    half = (hi - lo) / 2
+    return (f" (the demo's {n} paired samples gave a 95% half-width of {half:.3f}, docs/demo.md; the benchmark's 500 "
+            f"give about {half * math.sqrt(n / 500):.3f})")
+
+
 def _reading(data: dict[str, Any]) -> list[str]:
     lines = []
     for key in sorted(data):
@@ -199,8 +214,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
                          f"of its r_1; the choice was another constant in {other} of {2 * r['n_images']} folds): there "
                          "is headroom for an agent that conditions on x_t"
                          + (", small next to the gaps between the constants: to show it, an agent's paired difference "
-                            "to the best constant must be resolved to about this size (the demo's 200 paired samples "
-                            "gave a 95% half-width of 0.02, docs/demo.md; the benchmark's 500 give about 0.013)."
+                            "to the best constant must be resolved to about this size" + _demo_resolution() + "."
                             if r["crossfit_gain"] < 0.1 * r["best_constant_r1"] else
                             ", large enough that an agent which reads the image can beat every constant schedule "
                             "by a clear margin: the cell where learnt schedules can earn their place."))  # fmt: skip

@@ -395,6 +395,21 @@ class DDIMSigmaSimulator:
         """The agent's sigma ``(N,)`` for actions ``(N,)`` in [0, 1] at the current step."""
         return action * self.sigma_scale(self.t)
 
+    def _single_step(self, x: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor | float,
+                     z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """One trajectory of N samples from the current t to t - 1: ``(x_{t-1}, eps at x_{t-1}, x0, quality)``
+        (at t = 1 the x0 is ``x_0`` itself and ``eps`` is returned unchanged: the episode ends).
+        """
+        t_prev = self.t - 1
+        ab_prev = self.alpha_bar[t_prev]
+        x_prev = ddim_step(x, eps, self.alpha_bar[self.t], ab_prev, sigma, z).x_prev
+        if t_prev >= 1:
+            eps = self._eps(x_prev, t_prev)
+            x0 = predict_x0(x_prev, eps, ab_prev)
+        else:
+            x0 = x_prev
+        return x_prev, eps, x0, self.evaluator(_to_unit(x0))
+
     def _replayed(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The cached baseline's ``x_{t-1}``, x0 prediction and quality at step index ``k = t_c - t``."""
         assert self._replay is not None
@@ -430,24 +445,13 @@ class DDIMSigmaSimulator:
             if self._replay is not None:
                 x_b, x0_b, q_b = self._replayed(self.t_c - t)
             else:
-                x_b = ddim_step(self.x_baseline, self.eps_baseline, ab_t, ab_prev, self._baseline_sigma(t, t_prev), z).x_prev
-                if t_prev >= 1:
-                    self.eps_baseline = self._eps(x_b, t_prev)
-                    x0_b = predict_x0(x_b, self.eps_baseline, ab_prev)
-                else:
-                    x0_b = x_b
-                q_b = self.evaluator(_to_unit(x0_b))
+                x_b, self.eps_baseline, x0_b, q_b = self._single_step(self.x_baseline, self.eps_baseline,
+                                                                      self._baseline_sigma(t, t_prev), z)  # fmt: skip
                 self._record_baseline(x_b, x0_b, q_b, t_prev)
             self.eps_agent = self.eps_baseline
             x_a, x0_a, q_a = x_b, x0_b, q_b
         elif self._replay is not None:  # the baseline of these seeds is known: the agent's N samples only
-            x_a = ddim_step(self.x_agent, self.eps_agent, ab_t, ab_prev, sigma_a, z).x_prev
-            if t_prev >= 1:
-                self.eps_agent = self._eps(x_a, t_prev)
-                x0_a = predict_x0(x_a, self.eps_agent, ab_prev)
-            else:
-                x0_a = x_a
-            q_a = self.evaluator(_to_unit(x0_a))
+            x_a, self.eps_agent, x0_a, q_a = self._single_step(self.x_agent, self.eps_agent, sigma_a, z)
             x_b, x0_b, q_b = self._replayed(self.t_c - t)
             q_b = q_b.to(q_a.dtype)
         else:
