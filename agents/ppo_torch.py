@@ -52,7 +52,7 @@ from torch import nn
 from torch.distributions import Normal
 
 from agents.cli import parse_args
-from agents.ppo_sigma import env_kwargs
+from agents.ppo_sigma import PPO_ENT_COEF, env_kwargs
 from robust_envs.envs.ddim_sigma import DDIMSigmaVectorEnv, _resolve_device
 from robust_envs.wrappers import TorchVectorEnv
 
@@ -112,8 +112,9 @@ class Args:
     """GAE lambda (1.0: Monte-Carlo advantages, agents.ppo_sigma's default; SB3's and CleanRL's is 0.95)"""
     clip_range: float = 0.2
     """PPO clip epsilon (paper: 0.2)"""
-    ent_coef: float = 0.0
-    """entropy bonus coefficient"""
+    ent_coef: float = PPO_ENT_COEF
+    """entropy bonus coefficient (agents.ppo_sigma's PPO default, 0.01: docs/sigma_tuning.md runs ZE; SB3's and
+    CleanRL's is 0)"""
     vf_coef: float = 0.5
     """value loss coefficient"""
     max_grad_norm: float = 0.5

@@ -181,9 +181,12 @@ class SigmaEntry:
         """
         if self.agent == "reference":
             return {}
+        from agents.ppo_sigma import resolved_ent_coef
+
         args = dataclasses.asdict(self._args())
         for name in ("out_dir", "progress_bar", "tensorboard", "device"):
             args.pop(name)
+        args["ent_coef"] = str(resolved_ent_coef(self._args()))  # PPO's 'auto' moved from SB3's 0 to 0.01
         return args
 
     def fingerprint(self) -> str:

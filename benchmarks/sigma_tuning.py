@@ -167,7 +167,10 @@ def run(name: str, out_root: Path) -> dict[str, Any]:
 
     if name not in RUNS:
         raise ValueError(f"unknown run {name!r}; valid: {', '.join(RUNS)}")
-    args = Args(out_dir=str(out_root / name), progress_bar=False, tensorboard=False, **{**_BASE, **RUNS[name]})
+    base = dict(_BASE)
+    if RUNS[name].get("algo", "ppo") in ("ppo", "recurrent_ppo"):
+        base["ent_coef"] = "0"  # PPO's 'auto' was SB3's 0 when these runs were made (now 0.01)
+    args = Args(out_dir=str(out_root / name), progress_bar=False, tensorboard=False, **{**base, **RUNS[name]})
     start = time.perf_counter()
     policy = train(args)
     train_s = time.perf_counter() - start

@@ -88,14 +88,16 @@ def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, al
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
     extra = {"ppo_beta": {"distribution": "beta"}, "ppo_cnn_sde": {"extractor": "cnn", "use_sde": True},
-             "ppo_cnn_shared": {"extractor": "cnn", "share_extractor": True, "gae_lambda": 0.95, "ent_coef": "0.01"},
+             "ppo_cnn_shared": {"extractor": "cnn", "share_extractor": True, "gae_lambda": 0.95, "ent_coef": "0"},
              "sac": {"gradient_steps": 2}}.get(algo, {})  # fmt: skip
     args = Args(algo=algo.split("_")[0] if algo.startswith("ppo") else algo, **kw, **extra, evaluator="piqe", num_envs=2, total_timesteps=24,
                 n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
                 out_dir=str(tmp_path / algo))  # fmt: skip
     policy = train(args)
-    if algo.startswith("ppo"):  # PPO's entropy bonus: 'auto' is SB3's 0
-        assert policy.model.ent_coef == (0.01 if algo == "ppo_cnn_shared" else 0.0)
+    if algo.startswith("ppo") or algo == "recurrent_ppo":  # PPO's entropy bonus: 'auto' is PPO_ENT_COEF (0.01)
+        assert policy.model.ent_coef == (0.0 if algo == "ppo_cnn_shared" else 0.01)
+    else:  # SAC / TQC: 'auto' stays SB3's learnt coefficient
+        assert policy.model.ent_coef == "auto"
     loaded = SB3SigmaPolicy.load(tmp_path / algo)
     obs = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.full((3, 1), 3.0, np.float32)}
     a1, _ = policy.predict(obs, episode_start=np.ones(3, bool))

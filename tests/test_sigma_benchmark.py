@@ -99,6 +99,12 @@ def test_entry_validation_and_fingerprints(tmp_path: Path, monkeypatch: pytest.M
     assert sb.SigmaEntry("ppo", 20, "seed", seed=0).training_args()["gae_lambda"] == 0.95
     assert before != sb.SigmaEntry("ppo", 20, "seed", seed=0).fingerprint()
     assert sb.SigmaEntry("reference", 20, "seed").training_args() == {}
+    # 'auto' defaults are resolved per learner: PPO's entropy bonus is a number, SAC's stays SB3's learnt one
+    monkeypatch.undo()
+    assert a.training_args()["ent_coef"] == str(ps.PPO_ENT_COEF)
+    assert sb.SigmaEntry("sac", 20, "seed", seed=0).training_args()["ent_coef"] == "auto"
+    monkeypatch.setattr(ps, "PPO_ENT_COEF", 0.0)
+    assert before != a.fingerprint() and a.training_args()["ent_coef"] == "0.0"
     assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
 
 
