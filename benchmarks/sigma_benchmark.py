@@ -69,8 +69,8 @@ THREATS: dict[str, dict[str, Any]] = {
 }
 
 #: Agents and their training budgets (:class:`agents.ppo_sigma.Args` overrides). The paper's PPO (the Args
-#: defaults, run Z of docs/sigma_tuning.md: gated CNN code of x_t next to t, one CNN each for actor and critic,
-#: GAE lambda 1, `delta` reward, 32,768 steps); SAC, TQC
+#: defaults, run ZE of docs/sigma_tuning.md: gated CNN code of x_t next to t, one CNN each for actor and critic,
+#: GAE lambda 1, `delta` reward, entropy bonus 0.01, 32,768 steps); SAC, TQC
 #: (SB3's learning rate and batch, log std -1, one gradient step per transition as in run K there, which used
 #: the flat features and the paper's reward; here they share PPO's features and reward) and RecurrentPPO for
 #: the agent-agnostic check. Budgets are sized for a 2-core CPU (docs/sigma_benchmark.md).

@@ -491,7 +491,8 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None,
                                for n in beta) + ".")  # fmt: skip
     entropy = [n for n in ("ZE0", "ZE2", "ZE3") if n in runs]
     if entropy:
-        out.append("- Z with an entropy bonus (ent_coef 0.01; SB3's PPO default is 0): "
+        out.append("- Z with an entropy bonus (ent_coef 0.01; SB3's PPO default is 0; since these runs, the default "
+                   "of `agents.ppo_sigma`, and runs A-Zh are pinned at 0): "
                    + ", ".join(f"{cell(n)} (without: {cell(n.replace('E', ''))}"
                                + (f"; a < 0.9 in the first steps: {low_start(n)}" if low_start(n) else "") + ")"
                                for n in entropy) + ".")  # fmt: skip
