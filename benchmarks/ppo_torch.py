@@ -129,7 +129,8 @@ def render(data: dict[str, Any]) -> str:
         f"Both learners: {m['total_timesteps']} env steps, {m['num_envs']} envs, the agents/ppo_sigma.py defaults "
         f"(rollouts of {m['n_steps']}, minibatch {m['batch_size']}, {m['n_epochs']} epochs, gamma 0.995, clip 0.2"
         + (f", GAE lambda {m['gae_lambda']}, reward `{m['reward']}`, extractor `{m['extractor']}`" if "extractor" in m else "")
-        + "). "
+        + f", entropy bonus {m.get('ent_coef', 0.0):g}"
+        + (" (run before the default moved to 0.01)" if "ent_coef" not in m else "") + "). "
         f"Evaluation: `agents.evaluate_sigma.evaluate_policy` on the same {m['n_samples']} samples "
         f"(seed {m['eval_seed']}) for every schedule. Hardware: {m['hardware']}.",
         "",
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
             "num_envs": ns.num_envs, "n_steps": ns.n_steps, "batch_size": ns.batch_size,
             "n_epochs": ppo_sigma.Args().n_epochs, "n_samples": ns.n_samples, "notes": ns.note, "eval_seed": ns.eval_seed,
             "gae_lambda": common["gae_lambda"], "reward": common["reward"], "extractor": common["extractor"],
-            "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+            "ent_coef": ppo_sigma.PPO_ENT_COEF, "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
                         f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"}  # fmt: skip
     data = {"meta": meta, "env_only": env_only, "runs": runs, "verdict": verdict(runs)}
     Path(ns.results).parent.mkdir(parents=True, exist_ok=True)
