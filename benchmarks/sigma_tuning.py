@@ -130,6 +130,11 @@ RUNS: dict[str, dict[str, Any]] = {
     # finds a per-image constant 38% above a = 1: can the learner find that headroom? ZE's recipe (entropy bonus)
     "ZS0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
             "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0},
+    # ZS0 (32,768 steps, 256 pooled x_{t_c}) ended between a = 1 and the best constant: twice the budget and four
+    # times the images (the headroom is per image, so the learner must generalise from the pool to fresh x_T)
+    "ZSL0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 65536,
+             "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
+             "prefix_pool": 1024},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
@@ -499,7 +504,8 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None,
     if "ZS0" in runs:
         shift = {f"a={c['a']:g}": c["r1"] for c in (data_consts_shift or [])}
         best = max(shift, key=lambda k: shift[k]) if shift else None
-        out.append(f"- Under the shift threat (20 timesteps), ZE's recipe: {cell('ZS0')}; the constants on the same samples "
+        longer = f" (twice the budget, a pool of 1,024 x_{{t_c}}: {cell('ZSL0')})" if "ZSL0" in runs else ""
+        out.append(f"- Under the shift threat (20 timesteps), ZE's recipe: {cell('ZS0')}{longer}; the constants on the same samples "
                    "under that threat: " + (", ".join(f"{k} {v:+.3f}" for k, v in shift.items()) + f" (best {best})"
                    if shift else "not measured yet (`consts --threat shift`)") + ".")  # fmt: skip
     paired = [n for n in beta if n.replace("B", "") in runs]
