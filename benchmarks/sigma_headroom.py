@@ -196,6 +196,8 @@ def _demo_resolution() -> str:
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     half = (hi - lo) / 2
+    if half <= 0:  # the demo's agent played the constant exactly: its paired difference has no spread
+        return ""
     return (f" (the demo's {n} paired samples gave a 95% half-width of {half:.3f}, docs/demo.md; the benchmark's 500 "
             f"give about {half * math.sqrt(n / 500):.3f})")
 

@@ -46,3 +46,17 @@ def test_constant_r1_pairs_episodes_to_pool_images(kwargs_tiny, one_thread) -> N
     np.testing.assert_allclose(r1_0, 0.0, atol=1e-6)  # a = 0 is the baseline itself
     with pytest.raises(ValueError, match="prefix_pool"):
         sh.constant_r1(1.0, kwargs_tiny, 4, progress=False)
+
+
+def test_demo_resolution_scales_the_paired_half_width_and_skips_a_zero_one(tmp_path, monkeypatch) -> None:
+    import json
+
+    monkeypatch.setattr(sh, "REPO_ROOT", tmp_path)
+    assert sh._demo_resolution() == ""  # no docs/demo_eval.json
+    (tmp_path / "docs").mkdir()
+    path = tmp_path / "docs" / "demo_eval.json"
+    path.write_text(json.dumps({"meta": {"n_samples": 200, "paired_vs_best": {"ci95": [-0.06, -0.02]}}}))
+    text = sh._demo_resolution()
+    assert "half-width of 0.020" in text and "about 0.013" in text  # 0.02 * sqrt(200 / 500)
+    path.write_text(json.dumps({"meta": {"n_samples": 200, "paired_vs_best": {"ci95": [0.0, 0.0]}}}))
+    assert sh._demo_resolution() == ""  # the agent played the constant exactly: nothing to scale
