@@ -316,6 +316,34 @@ def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     return records
 
 
+def _current_entry(record: dict[str, Any]) -> SigmaEntry:
+    """The entry a result JSON belongs to, as today's code defines it (raises KeyError / ValueError / TypeError)."""
+    agent = record["agent"] if record.get("kind") == "agent" else "reference"
+    steps = (record.get("train_args") or {}).get("total_timesteps")
+    overrides: tuple[tuple[str, Any], ...] = ()
+    if agent != "reference" and steps is not None and steps != AGENTS[agent].get("total_timesteps"):
+        overrides = (("total_timesteps", steps),)  # a budget override (`run --timesteps`) is part of the entry
+    kw = record.get("env_kwargs") or {}
+    return SigmaEntry(agent, record["t_c"], record["threat"], seed=record.get("seed", 0), n_eval=record["n_eval"],
+                      eval_seed=record["eval_seed"], agent_overrides=overrides, model=kw.get("model", "embedded"),
+                      evaluator=kw.get("evaluator", "levels"), stride=kw.get("stride", 50))  # fmt: skip
+
+
+def stale_reason(record: dict[str, Any]) -> str | None:
+    """None when an entry JSON matches today's code (same fingerprint as the entry gets now); else why not: the
+    training arguments that differ (``name: then -> now``), or a generic reason. `run` redoes a stale entry.
+    """
+    try:
+        entry = _current_entry(record)
+        if entry.fingerprint() == record.get("fingerprint"):
+            return None
+        then, now = record.get("train_args") or {}, entry.training_args()
+        diff = [f"{k}: {then[k]} -> {now[k]}" for k in sorted(now) if k in then and str(then[k]) != str(now[k])]
+        return ", ".join(diff) or "the evaluation protocol or env defaults changed"
+    except (KeyError, ValueError, TypeError) as err:
+        return f"not an entry of today's grid ({err})"
+
+
 def _iqm_ci(per_seed: list[float], reps: int = 2000) -> tuple[float, float, float]:
     """Rliable IQM over seeds with a stratified bootstrap 95% CI: (iqm, lo, hi)."""
     from rliable import library as rly
@@ -432,6 +460,10 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     lines += verdict_rows or ["No PPO entry yet: no claim checked."]
     lines += ["", "How much any agent could gain over the best constant by choosing its action per image (a cross-fitted "
               "bound measured on held-out draws): [sigma_headroom.md](sigma_headroom.md)."]  # fmt: skip
+    stale = sorted((r.get("name", "?"), why) for r in records if (why := stale_reason(r)))
+    if stale:
+        lines += ["", "Stale entries, shown above as they were made (`run` retrains and re-evaluates them): "
+                  + "; ".join(f"`{n}` ({why})" for n, why in stale) + "."]  # fmt: skip
     lines += ["", "## Budgets and progress", ""] + _progress(records)
     lines += ["", "## Independent quality measures (reward hacking check)", "",
               "The same final images scored without the env's scorer: KID and FID over the features of the embedded "

@@ -103,8 +103,19 @@ def test_entry_validation_and_fingerprints(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.undo()
     assert a.training_args()["ent_coef"] == str(ps.PPO_ENT_COEF)
     assert sb.SigmaEntry("sac", 20, "seed", seed=0).training_args()["ent_coef"] == "auto"
+    record = {"kind": "agent", "agent": "ppo", "t_c": 20, "threat": "seed", "seed": 0, "n_eval": a.n_eval,
+              "eval_seed": a.eval_seed, "env_kwargs": a.env_kwargs(), "train_args": dataclasses.asdict(a._args()),
+              "fingerprint": a.fingerprint(), "name": a.name}  # fmt: skip
+    assert sb.stale_reason(record) is None
+    ref = sb.SigmaEntry("reference", 20, "seed")
+    ref_record = {"kind": "reference", "t_c": 20, "threat": "seed", "n_eval": ref.n_eval, "eval_seed": ref.eval_seed,
+                  "env_kwargs": ref.env_kwargs(), "fingerprint": ref.fingerprint()}  # fmt: skip
+    assert sb.stale_reason(ref_record) is None
+    assert "not an entry of today's grid" in str(sb.stale_reason({"kind": "agent"}))
     monkeypatch.setattr(ps, "PPO_ENT_COEF", 0.0)
     assert before != a.fingerprint() and a.training_args()["ent_coef"] == "0.0"
+    assert sb.stale_reason(record) == "ent_coef: auto -> 0.0"  # the report names what moved
+    assert sb.stale_reason(ref_record) is None  # the references do not train: PPO's defaults do not touch them
     assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
 
 
