@@ -140,7 +140,12 @@ def run(t_c: int, threat: str, pool: int, n_episodes: int, progress: bool = True
     r1_all = np.stack([np.zeros(n_episodes) if r is None else r for r in rows])
     record = {"t_c": t_c, "threat": threat, "threat_kwargs": THREATS[threat], "pool": pool, "episodes": n_episodes,
               "grid": list(GRID), "mean_r1": {f"{a:g}": float(r.mean()) for a, r in zip(GRID, r1_all, strict=True)},
-              **headroom(r1_all, index, GRID), "seconds": round(time.perf_counter() - start),
+              **headroom(r1_all, index, GRID),
+              # per image (pool entry, in order) and constant: mean r_1 over its episodes, for later analysis of what
+              # in the image decides the best action
+              "per_image_mean_r1": {f"{a:g}": [round(float(r[index == j].mean()), 5) for j in np.unique(index)]
+                                    for a, r in zip(GRID, r1_all, strict=True)},
+              "seconds": round(time.perf_counter() - start),
               "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
                           f"threads {torch.get_num_threads()}",
               "command": f"python -m benchmarks.sigma_headroom run --t-c {t_c} --threat {threat} --pool {pool} "
