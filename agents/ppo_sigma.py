@@ -142,6 +142,11 @@ class Args:
     """VecNormalize the rewards (scaled by the running std of the discounted return)"""
     observe: str = "x_t,t"
     """what the learner sees: 'x_t,t' (seed 000 Eq. 14, the env's whole state) or 't' (an ablation: time only)"""
+    hold_action: bool = False
+    """one action per episode: the learner picks a from x_{t_c} at t = t_c and the env holds it down to t = 1 (a
+    contextual bandit over the per-image constant schedules whose headroom docs/sigma_headroom.md bounds; the learner
+    sees one decision per episode with return r_1 under the `delta` reward). `total_timesteps` still counts env
+    (denoising) steps, so a budget buys t_c times fewer decisions; `n_steps` counts decisions per env and update"""
     prefix_pool: int = 256
     """x_{t_c} pool size for training resets (0: run the prefix every reset); evaluation always uses fresh x_T"""
     seed: int = 0
@@ -180,6 +185,12 @@ class Args:
                     raise ValueError
             except ValueError:
                 raise ValueError(f"ent_coef must be 'auto', 'auto_<init>' or a number >= 0, got {self.ent_coef!r}") from None
+        if self.hold_action and self.algo == "recurrent_ppo":
+            raise ValueError("hold_action=True leaves one decision per episode: nothing for algo='recurrent_ppo' to "
+                             "remember; use 'ppo', 'sac' or 'tqc'")  # fmt: skip
+        if self.hold_action and self.reward != "delta":
+            raise ValueError(f"hold_action=True sums the episode's rewards into one; only reward='delta' makes that sum "
+                             f"r_1 (Eq. 18), got reward={self.reward!r}")  # fmt: skip
         if self.algo in ("ppo", "recurrent_ppo") and self.ent_coef.startswith("auto_"):
             raise ValueError(f"ent_coef {self.ent_coef!r} (a learnt coefficient) is for SAC / TQC; PPO takes 'auto' ({PPO_ENT_COEF}) "
                              "or a number >= 0")  # fmt: skip
@@ -226,7 +237,10 @@ def make_train_env(args: Args) -> Any:
     venv = gym.make_vec("DDIMSigma-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
                         autoreset_mode=AutoresetMode.SAME_STEP, prefix_pool=args.prefix_pool, **env_kwargs(args))  # fmt: skip
     # SB3 clips actions to [-1, 1]: the edges map to 0 and 1 exactly
-    sb3 = VecMonitor(SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0))))
+    sb3: Any = SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0)))
+    if getattr(args, "hold_action", False):
+        sb3 = _hold_action_wrapper()(sb3)
+    sb3 = VecMonitor(sb3)
     if args.observe != "x_t,t":
         sb3 = _KeepKeys(sb3, _observed_keys(args.observe))
     if args.normalize_obs or args.normalize_reward:
@@ -239,6 +253,38 @@ def _observed_keys(observe: str) -> list[str]:
     if observe not in OBSERVE:
         raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
     return observe.split(",")
+
+
+def _hold_action_wrapper() -> type:
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    class HoldAction(VecEnvWrapper):
+        """SB3 VecEnv wrapper: one step of the learner is a whole episode of the lockstep batched env with the
+        action held constant; the reward is the sum of the episode's rewards (r_1 under the `delta` reward), the
+        observation the next episode's first (x_{t_c}, t_c), the info the last step's (with ``terminal_observation``).
+
+        Raises:
+            RuntimeError: when some sub-envs end before others (the batched DDIMSigma env runs in lockstep).
+        """
+
+        def reset(self) -> Any:
+            return self.venv.reset()
+
+        def step_async(self, actions: np.ndarray) -> None:
+            self._actions = actions
+
+        def step_wait(self) -> Any:
+            total = np.zeros(self.num_envs, dtype=np.float64)
+            while True:
+                obs, reward, dones, infos = self.venv.step(self._actions)
+                total += reward
+                if dones.all():
+                    return obs, total.astype(np.float32), dones, infos
+                if dones.any():
+                    raise RuntimeError(f"sub-envs {np.flatnonzero(dones).tolist()} ended before the others; "
+                                       "hold_action needs the lockstep batched env")  # fmt: skip
+
+    return HoldAction
 
 
 #: What the learner may see: the env's state (seed 000 Eq. 14) or, as an ablation, the timestep only.
@@ -289,8 +335,9 @@ class SB3SigmaPolicy:
     """
 
     def __init__(self, model: Any, obs_rms: dict[str, Any] | None = None, clip_obs: float = 10.0,
-                 epsilon: float = 1e-8) -> None:  # fmt: skip
+                 epsilon: float = 1e-8, hold_action: bool = False) -> None:  # fmt: skip
         self.model = model
+        self.hold_action = hold_action
         self.obs_rms = obs_rms
         self.clip_obs = clip_obs
         self.epsilon = epsilon
@@ -311,6 +358,15 @@ class SB3SigmaPolicy:
 
     def predict(self, observation: dict[str, np.ndarray], state: Any = None, episode_start: Any = None,
                 deterministic: bool = True) -> tuple[np.ndarray, Any]:  # fmt: skip
+        if self.hold_action:  # `state` carries each episode's action; a new one is picked where an episode starts
+            n = len(next(iter(observation.values())))
+            start = np.ones(n, dtype=bool) if state is None or episode_start is None else np.asarray(episode_start, bool)
+            held = np.zeros((n, 1), dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
+            if start.any():
+                fresh, _ = SB3SigmaPolicy(self.model, self.obs_rms, self.clip_obs, self.epsilon).predict(
+                    observation, deterministic=deterministic)
+                held = np.where(start[:, None], fresh, held).astype(np.float32)
+            return held.copy(), held
         action, state = self.model.predict(self.normalize(observation), state=state, episode_start=episode_start,
                                            deterministic=deterministic)  # fmt: skip
         action = np.clip((np.asarray(action, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)
@@ -332,11 +388,12 @@ class SB3SigmaPolicy:
         out = Path(out_dir)
         if not (out / "policy.zip").is_file():
             raise FileNotFoundError(f"{out / 'policy.zip'} not found: train with `python -m agents.ppo_sigma --out-dir {out}`")
-        if algo is None:
-            algo = json.loads((out / "args.json").read_text()).get("algo", "ppo") if (out / "args.json").is_file() else "ppo"
+        saved = json.loads((out / "args.json").read_text()) if (out / "args.json").is_file() else {}
+        algo = algo or saved.get("algo", "ppo")
         rms_path = out / "obs_rms.pkl"
         obs_rms = pickle.loads(rms_path.read_bytes()) if rms_path.is_file() else None
-        return cls(_algo_class(algo).load(out / "policy", device="cpu"), obs_rms)
+        return cls(_algo_class(algo).load(out / "policy", device="cpu"), obs_rms,
+                   hold_action=bool(saved.get("hold_action", False)))  # fmt: skip
 
 
 def _algo_class(algo: str) -> Any:
@@ -399,9 +456,12 @@ def train(args: Args) -> SB3SigmaPolicy:
     venv = make_train_env(args)
     venv.seed(args.seed)
     model = _learner(args, venv, out)
-    model.learn(total_timesteps=args.total_timesteps, progress_bar=args.progress_bar, tb_log_name=args.algo)
+    # with hold_action one learner step is a whole episode of t_c env steps
+    steps = max(1, args.total_timesteps // args.t_c) if args.hold_action else args.total_timesteps
+    model.learn(total_timesteps=steps, progress_bar=args.progress_bar, tb_log_name=args.algo)
     obs_rms = venv.obs_rms if isinstance(venv, VecNormalize) and args.normalize_obs else None
-    policy = SB3SigmaPolicy(model, obs_rms, clip_obs=venv.clip_obs if isinstance(venv, VecNormalize) else 10.0)
+    policy = SB3SigmaPolicy(model, obs_rms, clip_obs=venv.clip_obs if isinstance(venv, VecNormalize) else 10.0,
+                            hold_action=args.hold_action)  # fmt: skip
     policy.save(out)
     venv.close()
     return policy

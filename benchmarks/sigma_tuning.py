@@ -135,6 +135,11 @@ RUNS: dict[str, dict[str, Any]] = {
     "ZSL0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 65536,
              "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
              "prefix_pool": 1024},
+    # the learner restricted to the class the headroom bound measures: one action per episode, picked from x_{t_c}
+    # (hold_action: a contextual bandit, one decision per episode with return r_1); 8 decisions per env and update
+    "ZH0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 65536,
+            "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
+            "prefix_pool": 1024, "hold_action": True, "n_steps": 8, "batch_size": 32},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},
@@ -505,6 +510,8 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None,
         shift = {f"a={c['a']:g}": c["r1"] for c in (data_consts_shift or [])}
         best = max(shift, key=lambda k: shift[k]) if shift else None
         longer = f" (twice the budget, a pool of 1,024 x_{{t_c}}: {cell('ZSL0')})" if "ZSL0" in runs else ""
+        if "ZH0" in runs:
+            longer += f" (the same, one action held per episode, a contextual bandit over x_{{t_c}}: {cell('ZH0')})"
         out.append(f"- Under the shift threat (20 timesteps), ZE's recipe: {cell('ZS0')}{longer}; the constants on the same samples "
                    "under that threat: " + (", ".join(f"{k} {v:+.3f}" for k, v in shift.items()) + f" (best {best})"
                    if shift else "not measured yet (`consts --threat shift`)") + ".")  # fmt: skip

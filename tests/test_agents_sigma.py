@@ -220,3 +220,35 @@ def test_sb3_policy_undoes_the_training_transforms() -> None:
     obs = {"x_t": np.zeros((3, 1, 8, 8), np.float32), "t": np.array([[0.0], [2.0], [6.0]], np.float32)}
     action, _ = policy.predict(obs)
     np.testing.assert_allclose(action[:, 0], [0.0, 0.5, 1.0], atol=1e-4)  # (t - 2) / 2 = -1, 0, 2 -> clipped
+
+
+def test_hold_action_is_one_decision_per_episode_with_return_r1(env_kwargs, tmp_path) -> None:
+    """The per-image-constant learner: the wrapper runs a whole lockstep episode per learner step and returns r_1
+    (the `delta` reward's sum); the trained policy holds its first action for the episode."""
+    from agents.ppo_sigma import Args, SB3SigmaPolicy, make_train_env, train
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    args = Args(**kw, evaluator="piqe", hold_action=True, num_envs=2, total_timesteps=3 * 6, n_steps=2,
+                batch_size=2, prefix_pool=0, normalize_obs=False, normalize_reward=False, progress_bar=False,
+                tensorboard=False, out_dir=str(tmp_path))  # fmt: skip
+    venv = make_train_env(args)
+    venv.seed(0)
+    venv.reset()
+    obs, reward, dones, infos = venv.step(np.array([[1.0], [0.2]], dtype=np.float32))  # a = 1 and a = 0.6
+    assert dones.all() and obs["t"][:, 0].tolist() == [3.0, 3.0]  # the next episode's first observation
+    r1 = np.array([i["q0_agent"] - i["q0_baseline"] for i in infos])
+    np.testing.assert_allclose(reward, r1, atol=1e-5)
+    assert [i["episode"]["l"] for i in infos] == [1, 1]  # VecMonitor: one learner step per episode
+    venv.close()
+    policy = train(args)
+    # 18 env steps at t_c 3 are 6 decisions: SB3 collects whole rollouts of 2 envs x 2 decisions
+    assert policy.model.num_timesteps == 8 and policy.hold_action
+    loaded = SB3SigmaPolicy.load(tmp_path)
+    assert loaded.hold_action
+    res = evaluate_policy("held", loaded, env_kwargs, n_samples=3, seed=0, progress=False)
+    np.testing.assert_allclose(res.action_by_t, res.action_by_t[0], atol=1e-6)  # one action for all t
+    assert (res.mean_eta >= 0).all() and (res.mean_eta <= 1).all()
+    with pytest.raises(ValueError, match="only reward='delta'"):
+        Args(hold_action=True, reward="paper")
+    with pytest.raises(ValueError, match="nothing for algo='recurrent_ppo'"):
+        Args(hold_action=True, algo="recurrent_ppo")
