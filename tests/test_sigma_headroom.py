@@ -60,3 +60,34 @@ def test_demo_resolution_scales_the_paired_half_width_and_skips_a_zero_one(tmp_p
     assert "half-width of 0.020" in text and "about 0.013" in text  # 0.02 * sqrt(200 / 500)
     path.write_text(json.dumps({"meta": {"n_samples": 200, "paired_vs_best": {"ci95": [0.0, 0.0]}}}))
     assert sh._demo_resolution() == ""  # the agent played the constant exactly: nothing to scale
+
+
+def test_across_images_finds_a_choice_that_generalises_and_not_a_random_one() -> None:
+    rng = np.random.default_rng(1)
+    grid = (0.5, 1.0)
+    n = 40
+    feature = rng.normal(size=(n, 3))
+    # images whose first feature is > 0 prefer a = 0.5 by 0.2; the others a = 1 by 0.3
+    per_image = np.stack([np.where(feature[:, 0] > 0, 0.5, 0.2), np.where(feature[:, 0] > 0, 0.3, 0.5)])
+    res = sh.across_images(per_image, feature, grid, k=3)
+    lo, hi = res["across_gain_ci95"]
+    assert lo > 0 and res["across_gain"] > 0.05 and sum(res["across_chosen"].values()) == n
+    noise = rng.normal(size=(n, 3))  # features that say nothing about the best action
+    res_noise = sh.across_images(per_image, noise, grid, k=3)
+    assert res_noise["across_gain"] < res["across_gain"]
+    with pytest.raises(ValueError, match="need >= 4 images"):
+        sh.across_images(per_image[:, :3], feature[:3], grid)
+
+
+def test_pool_x_is_the_x_tc_a_pooled_reset_starts_from(tiny_unet_dir, contrast_evaluator) -> None:
+    from robust_envs.envs.ddim_sigma import DDIMSigmaVectorEnv
+
+    kw = {"model": str(tiny_unet_dir), "evaluator": contrast_evaluator, "t_c": 3, "stride": 400, "device": "cpu",
+          "prefix_pool": 4}  # fmt: skip
+    env = DDIMSigmaVectorEnv(num_envs=3, **kw)
+    obs, _ = env.reset(seed=5)
+    picks = list(env.sim.pool_index or [])
+    np.testing.assert_allclose(env.sim.pool_x(picks).numpy(), obs["x_t"], atol=1e-6)
+    feats = sh.image_features(kw, [0, 1, 2, 3])
+    assert feats.shape == (4, 49) and np.isfinite(feats).all()
+    env.close()

@@ -348,6 +348,13 @@ class DDIMSigmaSimulator:
                     generators[i].set_state(item[1])  # type: ignore[index]
         return torch.stack([item[0] for item in items])  # type: ignore[index]
 
+    def pool_x(self, indices: list[int]) -> torch.Tensor:
+        """``x_{t_c}`` of prefix-pool entries ``indices`` (entry ``j`` from seed ``POOL_SEED_BASE + j``), from the
+        process cache or computed: ``(len(indices), C, H, W)`` float32 in model space, on the model's device.
+        """
+        gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in indices]
+        return self._cached_prefix([POOL_SEED_BASE + j for j in indices], gens, restore=False)
+
     # episode control ----------------------------------------------------------------------------------
     def reset(self, torch_seeds: list[int] | None) -> None:
         """Start N episodes: draw x_T, run the strided steps down to t_c (or reuse them) and predict eps at t_c."""
@@ -359,8 +366,7 @@ class DDIMSigmaSimulator:
                 int(torch.randint(self.prefix_pool, (1,), generator=g, device=self.device)) for g in self.generators
             ]
             self.pool_index = picks
-            pool_gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in picks]
-            x = self._cached_prefix([POOL_SEED_BASE + j for j in picks], pool_gens, restore=False)
+            x = self.pool_x(picks)
         elif self.prefix_cache and torch_seeds is not None:
             x = self._cached_prefix([int(s) for s in torch_seeds], self.generators, restore=True)
         else:
