@@ -19,7 +19,8 @@ An agent is evaluated on fresh x_T, so it must carry the choice over to images i
 x_{t_c} average-pooled to 7 x 7 picks each held-out image's constant from the training images' mean r_1 (two
 folds over images), scored on the held-out image's episodes against the training images' best constant.
 
-Writes ``benchmarks/results/sigma_headroom.json`` (one record per (t_c, threat) cell; a rerun replaces it) and
+Writes ``benchmarks/results/sigma_headroom.json`` (one record per (threat, t_c, pool, episodes per image); a rerun
+replaces its record) and
 ``docs/sigma_headroom.md``.
 
 Usage::
@@ -206,7 +207,8 @@ def run(t_c: int, threat: str, pool: int, n_episodes: int, progress: bool = True
               "command": f"python -m benchmarks.sigma_headroom run --t-c {t_c} --threat {threat} --pool {pool} "
                          f"--episodes {n_episodes}"}  # fmt: skip
     data = _load()
-    data[f"{threat}/tc{t_c}"] = record
+    # one record per (threat, t_c, pool, episodes per image): a rerun of the same design replaces its record
+    data[f"{threat}/tc{t_c}/pool{pool}x{n_episodes // pool}"] = record
     from benchmarks.leaderboard import atomic_write_json
 
     atomic_write_json(RESULTS, data)
@@ -231,7 +233,7 @@ def render(data: dict[str, Any]) -> str:
            "| threat | t_c | images x episodes | mean r_1 per constant | best constant | cross-fit gain [95% CI] | "
            "in-sample oracle gain | choices (cross-fit) | across-image gain, 5-NN [95% CI] | s |",
            "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for key in sorted(data, key=lambda k: (data[k]["threat"], data[k]["t_c"])):
+    for key in sorted(data, key=lambda k: (data[k]["threat"], data[k]["t_c"], data[k]["pool"])):
         r = data[key]
         lo, hi = r["crossfit_gain_ci95"]
         means = ", ".join(f"{a} {v:+.3f}" for a, v in r["mean_r1"].items() if a != "0")
@@ -275,7 +277,7 @@ def _reading(data: dict[str, Any]) -> list[str]:
     for key in sorted(data):
         r = data[key]
         lo, hi = r["crossfit_gain_ci95"]
-        cell = f"`{r['threat']}`, t_c {r['t_c']}"
+        cell = f"`{r['threat']}`, t_c {r['t_c']}, {r['pool']} images x {r['episodes'] // r['pool']} episodes"
         if lo > 0:
             best = f"{r['best_constant']:g}"
             other = sum(c for a, c in r["chosen"].items() if a != best)
