@@ -363,10 +363,14 @@ class SB3SigmaPolicy:
             start = np.ones(n, dtype=bool) if state is None or episode_start is None else np.asarray(episode_start, bool)
             held = np.zeros((n, 1), dtype=np.float32) if state is None else np.asarray(state, dtype=np.float32)
             if start.any():
-                fresh, _ = SB3SigmaPolicy(self.model, self.obs_rms, self.clip_obs, self.epsilon).predict(
-                    observation, deterministic=deterministic)
+                fresh, _ = self._act(observation, None, None, deterministic)
                 held = np.where(start[:, None], fresh, held).astype(np.float32)
             return held.copy(), held
+        return self._act(observation, state, episode_start, deterministic)
+
+    def _act(self, observation: dict[str, np.ndarray], state: Any, episode_start: Any,
+             deterministic: bool) -> tuple[np.ndarray, Any]:  # fmt: skip
+        """The learner's action for every observation, mapped from [-1, 1] to the env's [0, 1]: ``(N, 1)``."""
         action, state = self.model.predict(self.normalize(observation), state=state, episode_start=episode_start,
                                            deterministic=deterministic)  # fmt: skip
         action = np.clip((np.asarray(action, dtype=np.float32) + 1.0) / 2.0, 0.0, 1.0)

@@ -2,8 +2,9 @@
 
 Both learners train on DDIMSigma-v0 with the same settings (agents/ppo_sigma.py's defaults, run ZE of
 docs/sigma_tuning.md: 16 envs, rollouts of 32 steps, minibatch 64, 10 epochs, Adam 3e-3, gamma 0.995, clip 0.2,
-GAE lambda 1, log std 0, entropy bonus 0.01, the ``delta`` reward, observation normalisation and reward scaling, a gated CNN code of
-x_t next to t, one for the actor and one for the critic, a prefix pool of 256) and the same env-step budget; then
+GAE lambda 1, log std 0, entropy bonus 0.01, the ``delta`` reward, observation normalisation and reward scaling,
+a gated CNN code of x_t next to t, one for the actor and one for the critic, a prefix pool of 256) and the same
+env-step budget; then
 each trained policy is evaluated with :func:`agents.evaluate_sigma.evaluate_policy` on the same ``n_samples``
 samples (same x_T, noise and attack draws), next to the constant schedules. Reported per seed:
 

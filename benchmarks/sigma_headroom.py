@@ -288,8 +288,9 @@ def _reading(data: dict[str, Any]) -> list[str]:
                          + (", small next to the gaps between the constants: to show it, an agent's paired difference "
                             "to the best constant must be resolved to about this size" + _demo_resolution() + "."
                             if r["crossfit_gain"] < 0.1 * r["best_constant_r1"] else
-                            ", large enough that an agent which reads the image can beat every constant schedule "
-                            "by a clear margin: the cell where learnt schedules can earn their place."))  # fmt: skip
+                            ", large enough that an agent which can tell from x_t which constant an image prefers "
+                            "would beat every constant schedule by a clear margin (whether that choice carries over "
+                            "to unseen images is the across-image check)."))  # fmt: skip
         else:
             lines.append(f"- {cell}: no measurable per-image headroom: choosing the constant per image from half the "
                          f"draws gains {r['crossfit_gain']:+.4f} [{lo:+.4f}, {hi:+.4f}] over a={r['best_constant']:g} "

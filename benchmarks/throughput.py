@@ -8,8 +8,8 @@ from one run on one machine (shared machines are noisy: compare columns, not run
 A second table measures whole episodes at ``--pool-num-envs`` N for each ``--pool-t-c``: the batched env as is,
 the batched env with ``prefix_pool=N`` (filled by warm-up resets, so the strided prefix above t_c is skipped), the
 two timed in alternation episode by episode, and the episode floor (the prefix's forwards on N samples, the forward
-at t_c on N, then t_c - 1 forwards and t_c scorer calls on 2N). ``--threads`` sets torch's thread count (the benchmark grid and the learners run one
-thread per process).
+at t_c on N, then t_c - 1 forwards and t_c scorer calls on 2N). ``--threads`` sets torch's thread count (the
+benchmark grid and the learners run one thread per process).
 
 Results go to ``benchmarks/results/throughput.json`` and ``docs/throughput.md`` (generated).
 
