@@ -189,12 +189,21 @@ class SigmaEntry:
         args["ent_coef"] = str(resolved_ent_coef(self._args()))  # PPO's 'auto' moved from SB3's 0 to 0.01
         return args
 
+    def weights(self) -> dict[str, str]:
+        """What identifies the weights the entry runs on: ``{"model": ..., "evaluator": ...}``
+        (:func:`robust_envs.diffusion.models.model_weights_id`; the embedded scorer's folder hashed the same way,
+        another evaluator by name). A model retrained in place changes them, so every entry runs again.
+        """
+        return _weights_ids(self.model, self.evaluator)
+
     def fingerprint(self) -> str:
         """Hash of everything that determines the entry's result, the agent's defaults resolved: a change of an
-        :class:`agents.ppo_sigma.Args` default changes the fingerprint, so the entry is trained again.
+        :class:`agents.ppo_sigma.Args` default, or of the model's or the scorer's weights (:meth:`weights`),
+        changes the fingerprint, so the entry is trained again.
         """
         payload = {"agent": self.agent, "args": self.training_args(), "env": self.env_kwargs(), "seed": self.seed,
-                   "n_eval": self.n_eval, "eval_seed": self.eval_seed, "schema": SCHEMA_VERSION}  # fmt: skip
+                   "n_eval": self.n_eval, "eval_seed": self.eval_seed, "schema": SCHEMA_VERSION,
+                   "weights": self.weights()}  # fmt: skip
         payload["env"].pop("device")  # the same entry on another device is the same entry (hardware is recorded)
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -219,7 +228,7 @@ class SigmaEntry:
             torch.set_num_threads(previous)
         record.update({
             "schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint(), "name": self.name,
-            "agent": self.agent, "t_c": self.t_c, "threat": self.threat, "threat_kwargs": THREATS[self.threat],
+            "weights": self.weights(), "agent": self.agent, "t_c": self.t_c, "threat": self.threat, "threat_kwargs": THREATS[self.threat],
             "seed": self.seed, "n_eval": self.n_eval, "eval_seed": self.eval_seed, "env_kwargs": self.env_kwargs(),
             "hardware": _hardware(self.device, self.threads), "library_versions": _versions(), "git": _git_at_import(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -329,6 +338,26 @@ def _current_entry(record: dict[str, Any]) -> SigmaEntry:
                       evaluator=kw.get("evaluator", "levels"), stride=kw.get("stride", 50))  # fmt: skip
 
 
+_WEIGHTS_IDS: dict[tuple[str, str, float, float], dict[str, str]] = {}
+
+
+def _weights_ids(model: str, evaluator: str) -> dict[str, str]:
+    """``SigmaEntry.weights``, hashed once per (model, evaluator, weight files' modification times)."""
+    from robust_envs.diffusion.models import EMBEDDED_UNET, model_weights_id
+    from robust_envs.fileio import weights_digest
+    from robust_envs.quality import EMBEDDED_LEVELS_SCORER
+
+    def mtime(path: Path) -> float:
+        return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0) if path.is_dir() else 0.0
+
+    model_path = EMBEDDED_UNET if model == "embedded" else Path(model)
+    key = (model, evaluator, mtime(model_path), mtime(EMBEDDED_LEVELS_SCORER))
+    if key not in _WEIGHTS_IDS:
+        scorer = "sha256:" + weights_digest(EMBEDDED_LEVELS_SCORER) if evaluator == "levels" else evaluator
+        _WEIGHTS_IDS[key] = {"model": model_weights_id(model), "evaluator": scorer}
+    return _WEIGHTS_IDS[key]
+
+
 def stale_reason(record: dict[str, Any]) -> str | None:
     """None when an entry JSON matches today's code (same fingerprint as the entry gets now); else why not: the
     training arguments that differ (``name: then -> now``), or a generic reason. `run` redoes a stale entry.
@@ -337,6 +366,10 @@ def stale_reason(record: dict[str, Any]) -> str | None:
         entry = _current_entry(record)
         if entry.fingerprint() == record.get("fingerprint"):
             return None
+        then_w, now_w = record.get("weights") or {}, entry.weights()
+        moved = [f"{k} weights {then_w.get(k, 'unrecorded')} -> {now_w[k]}" for k in now_w if then_w.get(k) != now_w[k]]
+        if moved:
+            return ", ".join(moved)
         then, now = record.get("train_args") or {}, entry.training_args()
         diff = [f"{k}: {then[k]} -> {now[k]}" for k in sorted(now) if k in then and str(then[k]) != str(now[k])]
         return ", ".join(diff) or "the evaluation protocol or env defaults changed"

@@ -9,6 +9,7 @@ result in a table, retrain one checkpoint) catch :class:`CorruptFileError` and w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -18,7 +19,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["CorruptFileError", "read_json", "read_safetensors", "read_torch"]
+__all__ = ["CorruptFileError", "WEIGHT_SUFFIXES", "read_json", "read_safetensors", "read_torch", "weights_digest"]
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+"""File endings :func:`weights_digest` reads as weights."""
 
 
 class CorruptFileError(ValueError):
@@ -114,6 +118,37 @@ def read_safetensors(path: str | os.PathLike[str], hint: str = "copy or download
         size = p.stat().st_size
         reason = f"not a readable safetensors file ({size} bytes; {err.__class__.__name__}: {_first_line(err)})"
         raise CorruptFileError(p, reason, hint) from err
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str:
+    """A short identity of a model's weights: the first 16 hex digits of the SHA-256 over its weight files.
+
+    Args:
+        path: one weights file, or a folder whose files ending in :data:`WEIGHT_SUFFIXES` (recursively, in
+            sorted order of their paths relative to the folder, each hashed with that path) are the weights.
+
+    Results keyed by a model (benchmark entries, pools of x_{t_c}) store it, so retraining a model in place
+    (same folder, new weights) makes them stale instead of silently reused.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist or a folder holds no weights file.
+    """
+    p = Path(path)
+    if p.is_file():
+        files = [(p.name, p)]
+    elif p.is_dir():
+        files = sorted((f.relative_to(p).as_posix(), f) for f in p.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{p} holds no weights file (none ends in {', '.join(WEIGHT_SUFFIXES)})")
+    else:
+        raise FileNotFoundError(f"weights {p} do not exist")
+    digest = hashlib.sha256()
+    for name, f in files:
+        digest.update(name.encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _first_line(err: BaseException) -> str:

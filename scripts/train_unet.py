@@ -56,6 +56,12 @@ class Args:
     """resume: a diffusers folder (the EMA weights of an earlier run) to start model and EMA from"""
     previous_steps: int = 0
     """resume: steps that earlier run made (the LR schedule continues from there; counted in steps_done)"""
+    checkpoint: str = ""
+    """full training state (model, EMA, optimiser, LR schedule, RNG, losses), written atomically every
+    ``checkpoint_every`` steps; when the file exists the run resumes from it exactly (its training fields
+    must match), so a killed run loses at most ``checkpoint_every`` steps"""
+    checkpoint_every: int = 50
+    """steps between two writes of ``checkpoint``"""
 
 
 def build_unet() -> UNet2DModel:
@@ -92,8 +98,12 @@ def main(args: Args) -> None:
     )
     start = time.time()
     losses: list[float] = []
-    step = args.previous_steps
-    bar = tqdm(range(args.previous_steps, args.steps), desc="train unet", mininterval=10)
+    first, wall_before = args.previous_steps, 0.0
+    ckpt = Path(args.checkpoint) if args.checkpoint else None
+    if ckpt is not None and ckpt.is_file():
+        first, wall_before, losses = _resume(ckpt, args, unet, ema, opt, sched)
+    done = first
+    bar = tqdm(range(first, args.steps), desc="train unet", mininterval=10, initial=first, total=args.steps)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (args.batch_size,), device=device)
         x0 = data[idx]
@@ -113,13 +123,61 @@ def main(args: Args) -> None:
             for p_ema, p in zip(ema.parameters(), unet.parameters(), strict=True):
                 p_ema.lerp_(p, 1 - decay)
         losses.append(loss.item())
+        done = step + 1
         if step % 50 == 0:
             bar.set_postfix(loss=sum(losses[-50:]) / len(losses[-50:]))
-        if (step + 1) % 200 == 0 or time.time() - start > 60 * args.max_minutes:
-            save(ema, scheduler, args, step + 1, time.time() - start, losses)
-        if time.time() - start > 60 * args.max_minutes:
+        over_time = time.time() - start > 60 * args.max_minutes
+        if ckpt is not None and ((step + 1) % args.checkpoint_every == 0 or over_time):
+            _checkpoint(ckpt, args, done, wall_before + time.time() - start, losses, unet, ema, opt, sched)
+        if done % 200 == 0 or over_time:
+            save(ema, scheduler, args, done, wall_before + time.time() - start, losses)
+        if over_time:
             break
-    save(ema, scheduler, args, step + 1, time.time() - start, losses)
+    if ckpt is not None:
+        _checkpoint(ckpt, args, done, wall_before + time.time() - start, losses, unet, ema, opt, sched)
+    save(ema, scheduler, args, done, wall_before + time.time() - start, losses)
+
+
+# Fields that must match for a checkpoint to be resumed (the others, e.g. max_minutes, may change per call).
+_RESUME_FIELDS = ("steps", "batch_size", "lr", "ema_decay", "seed", "init_from", "previous_steps")
+
+
+def _checkpoint(path: Path, args: Args, steps: int, wall: float, losses: list[float], unet: UNet2DModel,
+                ema: UNet2DModel, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Write the full training state to ``path`` atomically (temporary file, then rename)."""
+    state = {"args": {k: getattr(args, k) for k in _RESUME_FIELDS}, "steps": steps, "wall_time_s": wall,
+             "losses": losses, "unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+             "sched": sched.state_dict(), "rng": torch.get_rng_state()}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _resume(path: Path, args: Args, unet: UNet2DModel, ema: UNet2DModel, opt: torch.optim.Optimizer,
+            sched: torch.optim.lr_scheduler.LambdaLR) -> tuple[int, float, list[float]]:
+    """Load a :func:`_checkpoint` file; return (steps done, wall time so far in s, losses).
+
+    Raises:
+        ValueError: the file is not a checkpoint of this script, or its training fields differ from ``args``.
+    """
+    try:
+        state = torch.load(path, map_location=args.device, weights_only=False)
+        saved = state["args"]
+    except Exception as err:  # a truncated or foreign file: say which, keep it for inspection
+        raise ValueError(f"cannot resume from {path}: not a train_unet.py checkpoint ({err})") from err
+    wanted = {k: getattr(args, k) for k in _RESUME_FIELDS}
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted[k]) for k in wanted if saved.get(k) != wanted[k]}
+        raise ValueError(f"checkpoint {path} was made with other training fields (saved, given): {diff}; "
+                         "pass the same ones or another --checkpoint")
+    unet.load_state_dict(state["unet"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["rng"].cpu())
+    print(f"resumed from {path} at step {state['steps']} ({state['wall_time_s']:.0f} s of training so far)")
+    return int(state["steps"]), float(state["wall_time_s"]), list(state["losses"])
 
 
 def save(ema: UNet2DModel, scheduler: DDPMScheduler, args: Args, steps: int, wall: float, losses: list[float]) -> None:
@@ -132,7 +190,7 @@ def save(ema: UNet2DModel, scheduler: DDPMScheduler, args: Args, steps: int, wal
         "note": "steps_done counts the steps of the run resumed from (init_from) too" if args.init_from else "",
         "args": asdict(args),
         "steps_done": steps,
-        "wall_time_s": round(wall, 1),
+        "wall_time_s": round(wall, 1),  # summed over the calls that resumed from --checkpoint
         "hardware": f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}, "
         f"device {args.device}",
         "torch": torch.__version__,

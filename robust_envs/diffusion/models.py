@@ -21,7 +21,7 @@ from torch import nn
 from robust_envs.diffusion.schedule import NoiseSchedule
 from robust_envs.fileio import CorruptFileError, read_json
 
-__all__ = ["EMBEDDED_UNET", "NoiseModel", "load_noise_model"]
+__all__ = ["EMBEDDED_UNET", "NoiseModel", "load_noise_model", "model_weights_id"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,22 @@ class NoiseModel:
                 f"timestep must be a float tensor so fractional perturbations reach the network, got {type(timestep)}"
             )
         return self.unet(x_t, timestep).sample
+
+
+def model_weights_id(model: str | os.PathLike[str] = "embedded") -> str:
+    """What identifies a ``model`` argument's weights, for results keyed by the model.
+
+    Returns ``"sha256:<16 hex>"`` of the weight files (:func:`robust_envs.fileio.weights_digest`) for
+    ``"embedded"`` and for a local folder or checkpoint, so a model retrained in place is a different model;
+    a hub id is returned as it is (``"hub:<id>"``; its cached revision is not hashed).
+    """
+    from robust_envs.fileio import weights_digest
+
+    source = str(model)
+    path = EMBEDDED_UNET if source == "embedded" else Path(source).expanduser()
+    if path.exists():
+        return "sha256:" + weights_digest(path)
+    return "hub:" + source
 
 
 def load_noise_model(
