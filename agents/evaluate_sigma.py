@@ -100,10 +100,14 @@ def evaluate_policy(
     noise and attack draws. Recurrent policies get their state and ``episode_start`` back each step. The
     progress bar counts sample-steps (``n_samples * t_c``). ``mirror_baseline=True`` ignores the policy's
     actions and runs the baseline schedule alone (:attr:`DDIMSigmaSimulator.mirror_baseline`: half the network
-    calls; r_1 = 0). Raises ``ValueError`` if ``n_samples`` or ``batch_size`` is < 1.
+    calls; r_1 = 0). A policy trained on the env's ``q_x0`` (``observes_quality``) gets ``observe_quality=True``:
+    an added observation that leaves the episodes, and so the pairing with other schedules, unchanged. Raises
+    ``ValueError`` if ``n_samples`` or ``batch_size`` is < 1.
     """
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"n_samples and batch_size must be >= 1, got {n_samples}, {batch_size}")
+    if getattr(policy, "observes_quality", False):
+        env_kwargs = {**env_kwargs, "observe_quality": True}
     start = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("r1", "ret", "qa", "qb", "eta", "xa", "xb", "all", "ball", "by_t")

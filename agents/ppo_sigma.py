@@ -141,7 +141,9 @@ class Args:
     normalize_reward: bool = True
     """VecNormalize the rewards (scaled by the running std of the discounted return)"""
     observe: str = "x_t,t"
-    """what the learner sees: 'x_t,t' (seed 000 Eq. 14, the env's whole state) or 't' (an ablation: time only)"""
+    """what the learner sees: 'x_t,t' (seed 000 Eq. 14, the env's whole state), 't' (an ablation: time only), or
+    either with ',q' added ('x_t,t,q', 't,q'): also the scorer's Q of the current x0 prediction (the env's
+    `observe_quality` key q_x0), the image feature docs/sigma_headroom.md finds predictive of the best constant"""
     hold_action: bool = False
     """one action per episode: the learner picks a from x_{t_c} at t = t_c and the env holds it down to t = 1 (a
     contextual bandit over the per-image constant schedules whose headroom docs/sigma_headroom.md bounds; the learner
@@ -169,8 +171,9 @@ class Args:
             raise ValueError(f"distribution must be 'gaussian' or 'beta', got {self.distribution!r}")
         if self.extractor not in ("auto", "flatten", "cnn", "cnn_gated"):
             raise ValueError(f"extractor must be 'auto', 'flatten', 'cnn' or 'cnn_gated', got {self.extractor!r}")
-        if self.extractor.startswith("cnn") and self.observe != "x_t,t":
-            raise ValueError(f"extractor={self.extractor!r} needs observe='x_t,t', got observe={self.observe!r}")
+        if self.extractor.startswith("cnn") and "x_t" not in _observed_keys(self.observe):
+            raise ValueError(f"extractor={self.extractor!r} needs x_t observed ('x_t,t' or 'x_t,t,q'), got "
+                             f"observe={self.observe!r}")  # fmt: skip
         if self.distribution == "beta" and self.use_sde:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
@@ -210,7 +213,7 @@ def resolved_extractor(args: Any) -> str:
     """``args.extractor`` with 'auto' resolved: 'cnn_gated' when the learner sees x_t, 'flatten' for time-only."""
     extractor = getattr(args, "extractor", "flatten")
     if extractor == "auto":
-        return "cnn_gated" if getattr(args, "observe", "x_t,t") == "x_t,t" else "flatten"
+        return "cnn_gated" if "x_t" in _observed_keys(getattr(args, "observe", "x_t,t")) else "flatten"
     return extractor
 
 
@@ -223,6 +226,8 @@ def env_kwargs(args: Any) -> dict[str, Any]:
     }  # fmt: skip
     for name, default in (("action", "sigma_frac"), ("attack_budget", 0.0), ("defence", "none"), ("reward", "paper")):
         kw[name] = getattr(args, name, default)
+    if "q_x0" in _observed_keys(getattr(args, "observe", "x_t,t")):
+        kw["observe_quality"] = True
     return kw
 
 
@@ -241,7 +246,7 @@ def make_train_env(args: Args) -> Any:
     if getattr(args, "hold_action", False):
         sb3 = _hold_action_wrapper()(sb3)
     sb3 = VecMonitor(sb3)
-    if args.observe != "x_t,t":
+    if args.observe not in ("x_t,t", "x_t,t,q"):
         sb3 = _KeepKeys(sb3, _observed_keys(args.observe))
     if args.normalize_obs or args.normalize_reward:
         return VecNormalize(sb3, norm_obs=args.normalize_obs, norm_reward=args.normalize_reward, gamma=args.gamma)
@@ -249,10 +254,12 @@ def make_train_env(args: Args) -> Any:
 
 
 def _observed_keys(observe: str) -> list[str]:
-    """The observation keys of ``Args.observe``; raises ValueError naming the valid values."""
+    """The env's observation keys of ``Args.observe`` ('q' is the env's ``q_x0``); raises ValueError naming the
+    valid values.
+    """
     if observe not in OBSERVE:
         raise ValueError(f"observe must be one of {OBSERVE}, got {observe!r}")
-    return observe.split(",")
+    return ["q_x0" if k == "q" else k for k in observe.split(",")]
 
 
 def _hold_action_wrapper() -> type:
@@ -287,8 +294,9 @@ def _hold_action_wrapper() -> type:
     return HoldAction
 
 
-#: What the learner may see: the env's state (seed 000 Eq. 14) or, as an ablation, the timestep only.
-OBSERVE = ("x_t,t", "t")
+#: What the learner may see: the env's state (seed 000 Eq. 14) or, as an ablation, the timestep only; either with
+#: the scorer's Q of the current x0 prediction added (',q': the env's ``observe_quality``).
+OBSERVE = ("x_t,t", "t", "x_t,t,q", "t,q")
 
 
 def _keep_keys_wrapper() -> type:
@@ -342,11 +350,26 @@ class SB3SigmaPolicy:
         self.clip_obs = clip_obs
         self.epsilon = epsilon
 
+    @property
+    def observes_quality(self) -> bool:
+        """True when the learner was trained on the env's ``q_x0`` (``observe_quality=True``): evaluate it there."""
+        keys = getattr(getattr(self.model, "observation_space", None), "spaces", None)
+        return keys is not None and "q_x0" in keys
+
     def normalize(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """VecNormalize's observation transform with the frozen training statistics (on the keys it saw)."""
+        """VecNormalize's observation transform with the frozen training statistics (on the keys it saw).
+
+        Raises:
+            KeyError: when the observation lacks a key the learner saw (``q_x0``: an env made without
+                ``observe_quality=True``).
+        """
         space = getattr(self.model, "observation_space", None)
         keys = getattr(space, "spaces", None)
         if keys is not None:
+            missing = sorted(set(keys) - set(observation))
+            if missing:
+                raise KeyError(f"the policy observes {missing} but the observation has only {sorted(observation)}"
+                               + ("; make the env with observe_quality=True" if "q_x0" in missing else ""))  # fmt: skip
             observation = {k: v for k, v in observation.items() if k in keys}
         if self.obs_rms is None:
             return observation

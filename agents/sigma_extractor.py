@@ -28,11 +28,12 @@ __all__ = ["SigmaCnnExtractor"]
 
 
 class SigmaCnnExtractor(BaseFeaturesExtractor):
-    """``{x_t: (B, C, H, W) float32, t: (B, 1) float32}`` -> ``(B, cnn_dim + 2)`` features.
+    """``{x_t: (B, C, H, W) float32, t: (B, 1) float32[, q_x0: (B, 1) float32]}`` -> ``(B, cnn_dim + 2 [+ 1])``.
 
     Args:
         observation_space: a Dict space with keys ``x_t`` (Box of shape ``(C, H, W)``, ``H, W >= 8``) and ``t``
-            (Box of shape ``(1,)``).
+            (Box of shape ``(1,)``), and optionally ``q_x0`` (Box of shape ``(1,)``: DDIMSigma-v0's
+            ``observe_quality``), passed next to ``t`` outside the gate.
         cnn_dim: width of the image code (>= 1).
         gated: multiply the image code by a gate vector started at zero (see the module docstring).
 
@@ -41,14 +42,19 @@ class SigmaCnnExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, cnn_dim: int = 16, gated: bool = False) -> None:
-        if not isinstance(observation_space, gym.spaces.Dict) or set(observation_space.spaces) != {"x_t", "t"}:
-            raise ValueError(f"SigmaCnnExtractor needs a Dict space with keys 'x_t' and 't', got {observation_space}")
+        if not isinstance(observation_space, gym.spaces.Dict) or set(observation_space.spaces) not in (
+            {"x_t", "t"}, {"x_t", "t", "q_x0"}
+        ):
+            raise ValueError(f"SigmaCnnExtractor needs a Dict space with keys 'x_t', 't' (and optionally 'q_x0'), got "
+                             f"{observation_space}")  # fmt: skip
+        self_extra = ["q_x0"] if "q_x0" in observation_space.spaces else []
         shape = observation_space.spaces["x_t"].shape
         if shape is None or len(shape) != 3 or min(shape[1:]) < 8:
             raise ValueError(f"x_t must have shape (C, H, W) with H, W >= 8, got {shape}")
         if cnn_dim < 1:
             raise ValueError(f"cnn_dim must be >= 1, got {cnn_dim}")
-        super().__init__(observation_space, features_dim=cnn_dim + 2)
+        super().__init__(observation_space, features_dim=cnn_dim + 2 + len(self_extra))
+        self.extra = self_extra
         self.cnn = nn.Sequential(
             nn.Conv2d(shape[0], 8, kernel_size=4, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(8, 16, kernel_size=4, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
@@ -63,4 +69,4 @@ class SigmaCnnExtractor(BaseFeaturesExtractor):
         code = self.head(self.cnn(observations["x_t"]))
         if self.gate is not None:
             code = code * self.gate
-        return torch.cat([code, t, t * t], dim=1)
+        return torch.cat([code, t, t * t, *(observations[k].reshape(-1, 1) for k in self.extra)], dim=1)

@@ -366,12 +366,13 @@ def stale_reason(record: dict[str, Any]) -> str | None:
         entry = _current_entry(record)
         if entry.fingerprint() == record.get("fingerprint"):
             return None
-        then_w, now_w = record.get("weights") or {}, entry.weights()
-        moved = [f"{k} weights {then_w.get(k, 'unrecorded')} -> {now_w[k]}" for k in now_w if then_w.get(k) != now_w[k]]
-        if moved:
-            return ", ".join(moved)
         then, now = record.get("train_args") or {}, entry.training_args()
         diff = [f"{k}: {then[k]} -> {now[k]}" for k in sorted(now) if k in then and str(then[k]) != str(now[k])]
+        then_w, now_w = record.get("weights"), entry.weights()
+        if then_w is not None:
+            diff += [f"{k} weights {then_w.get(k)} -> {now_w[k]}" for k in now_w if then_w.get(k) != now_w[k]]
+        elif not diff:
+            return "made before entries recorded the model's and the scorer's weights"
         return ", ".join(diff) or "the evaluation protocol or env defaults changed"
     except (KeyError, ValueError, TypeError) as err:
         return f"not an entry of today's grid ({err})"

@@ -140,6 +140,15 @@ RUNS: dict[str, dict[str, Any]] = {
     "ZH0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 65536,
             "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
             "prefix_pool": 1024, "hold_action": True, "n_steps": 8, "batch_size": 32},
+    # docs/sigma_headroom.md: the scorer's Q of the x0 prediction at t_c predicts which constant an unseen image prefers
+    # (5-NN on it carries most of the per-image headroom), pooled pixels do not. ZH0 and ZS0 seeing it too
+    # (observe 'x_t,t,q': the env's observe_quality, passed next to t outside the CNN's gate)
+    "ZQH0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 65536,
+             "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
+             "prefix_pool": 1024, "hold_action": True, "n_steps": 8, "batch_size": 32, "observe": "x_t,t,q"},
+    "ZQ0": {**_PPO, "learning_rate": 3e-3, "extractor": "cnn_gated", "reward": "delta", "total_timesteps": 32768,
+            "gae_lambda": 1.0, "share_extractor": False, "ent_coef": "0.01", "attack": "shift", "attack_budget": 20.0,
+            "observe": "x_t,t,q"},
     # the benchmark's SAC entry (benchmarks/sigma_benchmark.AGENTS): K with Z's features and reward, 8,192 steps
     "KZ": {"algo": "sac", "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0, "gradient_steps": -1,
            "extractor": "cnn_gated", "reward": "delta", "share_extractor": False, "gae_lambda": 1.0},

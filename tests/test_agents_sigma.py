@@ -148,8 +148,9 @@ def test_learner_args_reject_bad_values() -> None:
 
     assert resolved_extractor(Args()) == "cnn_gated" and resolved_extractor(Args(observe="t")) == "flatten"
     assert resolved_extractor(parse_args(["--observe", "t"])) == "flatten"
-    with pytest.raises(ValueError, match="extractor='cnn_gated' needs observe='x_t,t'"):
+    with pytest.raises(ValueError, match="extractor='cnn_gated' needs x_t observed"):
         Args(extractor="cnn_gated", observe="t")
+    assert resolved_extractor(Args(observe="x_t,t,q")) == "cnn_gated" and resolved_extractor(Args(observe="t,q")) == "flatten"
 
 
 def test_cnn_extractor_keeps_t_as_a_feature_and_rejects_other_spaces() -> None:
@@ -164,8 +165,16 @@ def test_cnn_extractor_keeps_t_as_a_feature_and_rejects_other_spaces() -> None:
     feats = ext({"x_t": torch.randn(2, 1, 8, 8), "t": t})
     assert feats.shape == (2, 6) and ext.features_dim == 6
     torch.testing.assert_close(feats[:, 4:], torch.cat([t, t * t], dim=1))
-    with pytest.raises(ValueError, match="keys 'x_t' and 't'"):
+    with pytest.raises(ValueError, match="keys 'x_t', 't'"):
         SigmaCnnExtractor(gym.spaces.Dict({"t": space.spaces["t"]}))
+    # the env's observe_quality key rides next to t, outside the image code (and its gate)
+    with_q = gym.spaces.Dict({**space.spaces, "q_x0": gym.spaces.Box(1, 5, (1,), np.float32)})
+    ext_q = SigmaCnnExtractor(with_q, cnn_dim=4, gated=True)
+    q = torch.tensor([[2.5], [4.0]])
+    feats_q = ext_q({"x_t": torch.randn(2, 1, 8, 8), "t": t, "q_x0": q})
+    assert ext_q.features_dim == 7 and feats_q.shape == (2, 7)
+    torch.testing.assert_close(feats_q[:, 4:], torch.cat([t, t * t, q], dim=1))
+    torch.testing.assert_close(feats_q[:, :4], torch.zeros(2, 4))  # the gate starts closed
     with pytest.raises(ValueError, match="H, W >= 8"):
         SigmaCnnExtractor(gym.spaces.Dict({"x_t": gym.spaces.Box(-5, 5, (1, 4, 4)), "t": space.spaces["t"]}))
 
@@ -252,3 +261,25 @@ def test_hold_action_is_one_decision_per_episode_with_return_r1(env_kwargs, tmp_
         Args(hold_action=True, reward="paper")
     with pytest.raises(ValueError, match="nothing for algo='recurrent_ppo'"):
         Args(hold_action=True, algo="recurrent_ppo")
+
+
+def test_learner_observing_quality_trains_and_evaluates_on_the_same_episodes(env_kwargs, tmp_path) -> None:
+    """observe='x_t,t,q' (and the 't,q' ablation): the learner sees the env's q_x0; evaluation adds
+    observe_quality by itself, and a policy handed an observation without it names the missing key.
+    """
+    from agents.ppo_sigma import Args, SB3SigmaPolicy, env_kwargs as args_env_kwargs, train
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    for observe, keys in (("x_t,t,q", {"x_t", "t", "q_x0"}), ("t,q", {"t", "q_x0"})):
+        out = tmp_path / observe.replace(",", "_")
+        args = Args(**kw, evaluator="piqe", observe=observe, num_envs=2, total_timesteps=12, n_steps=6, batch_size=6,
+                    prefix_pool=4, progress_bar=False, tensorboard=False, out_dir=str(out))  # fmt: skip
+        assert args_env_kwargs(args)["observe_quality"] is True
+        train(args)
+        loaded = SB3SigmaPolicy.load(out)
+        assert set(loaded.model.observation_space.spaces) == keys and loaded.observes_quality
+        res = evaluate_policy("q", loaded, env_kwargs, n_samples=2, seed=0, progress=False)  # env made without q
+        assert res.r1.shape == (2,) and np.isfinite(res.r1).all()
+        with pytest.raises(KeyError, match="observe_quality=True"):
+            loaded.predict({"x_t": np.zeros((1, 1, 8, 8), np.float32), "t": np.full((1, 1), 3.0, np.float32)})
+    assert "observe_quality" not in args_env_kwargs(Args())

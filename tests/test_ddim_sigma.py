@@ -285,3 +285,32 @@ def test_baseline_trajectory_equals_the_standalone_sampler(tiny_unet_dir, contra
     model = load_noise_model(tiny_unet_dir)
     x0 = sample_x0(model, [torch.Generator().manual_seed(torch_seed)], 3, 300, TimestepAttack(scale=0.3, clip=0.5))
     torch.testing.assert_close(env.sim.x0_baseline, x0, rtol=1e-5, atol=1e-5)
+
+
+def test_observe_quality_adds_q_x0_and_changes_nothing_else(kwargs_tiny, one_thread) -> None:
+    """``observe_quality=True`` adds Q of the agent's x0 prediction (the step's q_agent after a step) and leaves the
+    episode (states, rewards) exactly as without it; both env checkers pass; the vector env matches the single one.
+    """
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from robust_envs.envs.ddim_sigma import DDIMSigmaEnv, DDIMSigmaVectorEnv
+
+    with_q, without = DDIMSigmaEnv(observe_quality=True, **kwargs_tiny), DDIMSigmaEnv(**kwargs_tiny)
+    check_env(with_q, skip_render_check=True)
+    sb3_check_env(with_q, warn=False)
+    assert "q_x0" in with_q.observation_space.spaces and "q_x0" not in without.observation_space.spaces
+    oq, _ = with_q.reset(seed=3)
+    o, _ = without.reset(seed=3)
+    assert with_q.observation_space.contains(oq) and 1.0 <= oq["q_x0"][0] <= 5.0
+    for a in (0.2, 0.9, 0.5, 1.0):
+        oq, rq, *_, iq = with_q.step(np.array([a], np.float32))
+        o, r, *_ = without.step(np.array([a], np.float32))
+        np.testing.assert_array_equal(oq["x_t"], o["x_t"])
+        assert rq == r and oq["q_x0"][0] == pytest.approx(iq["q_agent"])
+    vec = DDIMSigmaVectorEnv(num_envs=2, observe_quality=True, **kwargs_tiny)
+    ov, _ = vec.reset(seed=3)
+    single, _ = DDIMSigmaEnv(observe_quality=True, **kwargs_tiny).reset(seed=3)
+    np.testing.assert_allclose(ov["q_x0"][0], single["q_x0"], atol=1e-5)
+    with pytest.raises(ValueError, match="observe_quality must be a bool"):
+        DDIMSigmaEnv(observe_quality="yes", **kwargs_tiny)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -155,3 +156,24 @@ def test_embedded_model_loads_and_denoises() -> None:
     pred = model(x_t, torch.full((64,), float(model_timestep(t))))
     mse = float((pred - eps).pow(2).mean())
     assert mse < 0.2, f"embedded model eps MSE at t=200 is {mse:.3f} (random guessing gives ~1)"
+
+
+def test_train_unet_resumes_exactly_from_its_checkpoint(tmp_path, one_thread) -> None:
+    """A run stopped after one step and resumed from ``--checkpoint`` ends with the weights of an uninterrupted
+    run; a checkpoint of other training fields is refused by name.
+    """
+    from safetensors.torch import load_file
+
+    from scripts.train_unet import Args, main
+
+    common = {"steps": 3, "batch_size": 4, "device": "cpu", "checkpoint_every": 1}
+    main(Args(**common, out=str(tmp_path / "a"), checkpoint=str(tmp_path / "a.pt")))
+    main(Args(**common, out=str(tmp_path / "b"), checkpoint=str(tmp_path / "b.pt"), max_minutes=0.0))  # one step
+    assert torch.load(tmp_path / "b.pt", weights_only=False)["steps"] == 1
+    main(Args(**common, out=str(tmp_path / "b"), checkpoint=str(tmp_path / "b.pt")))
+    a = load_file(tmp_path / "a" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "b" / "training.json").read_text())["steps_done"] == 3
+    with pytest.raises(ValueError, match="other training fields"):
+        main(Args(**{**common, "batch_size": 8}, out=str(tmp_path / "b"), checkpoint=str(tmp_path / "b.pt")))

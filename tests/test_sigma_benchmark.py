@@ -105,18 +105,55 @@ def test_entry_validation_and_fingerprints(tmp_path: Path, monkeypatch: pytest.M
     assert sb.SigmaEntry("sac", 20, "seed", seed=0).training_args()["ent_coef"] == "auto"
     record = {"kind": "agent", "agent": "ppo", "t_c": 20, "threat": "seed", "seed": 0, "n_eval": a.n_eval,
               "eval_seed": a.eval_seed, "env_kwargs": a.env_kwargs(), "train_args": dataclasses.asdict(a._args()),
-              "fingerprint": a.fingerprint(), "name": a.name}  # fmt: skip
+              "fingerprint": a.fingerprint(), "name": a.name, "weights": a.weights()}  # fmt: skip
     assert sb.stale_reason(record) is None
     ref = sb.SigmaEntry("reference", 20, "seed")
     ref_record = {"kind": "reference", "t_c": 20, "threat": "seed", "n_eval": ref.n_eval, "eval_seed": ref.eval_seed,
-                  "env_kwargs": ref.env_kwargs(), "fingerprint": ref.fingerprint()}  # fmt: skip
+                  "env_kwargs": ref.env_kwargs(), "fingerprint": ref.fingerprint(), "weights": ref.weights()}  # fmt: skip
     assert sb.stale_reason(ref_record) is None
+    unrecorded = {k: v for k, v in ref_record.items() if k != "weights"}
+    assert "made before entries recorded" in str(sb.stale_reason({**unrecorded, "fingerprint": "0"}))
     assert "not an entry of today's grid" in str(sb.stale_reason({"kind": "agent"}))
     monkeypatch.setattr(ps, "PPO_ENT_COEF", 0.0)
     assert before != a.fingerprint() and a.training_args()["ent_coef"] == "0.0"
     assert sb.stale_reason(record) == "ent_coef: auto -> 0.0"  # the report names what moved
     assert sb.stale_reason(ref_record) is None  # the references do not train: PPO's defaults do not touch them
     assert a.name == "seed/tc20/ppo_seed0" and sb.SigmaEntry("reference", 20, "seed").name == "seed/tc20/reference"
+
+
+def test_retrained_weights_make_an_entry_stale(tmp_path: Path) -> None:
+    """A model retrained in place (same folder, new weights) changes the fingerprint and the report says why."""
+    import shutil
+
+    from robust_envs.diffusion.models import EMBEDDED_UNET
+
+    folder = tmp_path / "unet"
+    shutil.copytree(EMBEDDED_UNET, folder)
+    entry = sb.SigmaEntry("reference", 20, "seed", model=str(folder))
+    assert entry.weights()["model"] == sb.SigmaEntry("reference", 20, "seed").weights()["model"]  # same bytes
+    record = {"kind": "reference", "t_c": 20, "threat": "seed", "n_eval": entry.n_eval, "eval_seed": entry.eval_seed,
+              "env_kwargs": entry.env_kwargs(), "fingerprint": entry.fingerprint(), "weights": entry.weights()}  # fmt: skip
+    assert sb.stale_reason(record) is None
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x00\x01")  # one float's bytes changed
+    os.utime(weights, (time.time() + 5, time.time() + 5))  # a new modification time: the cached digest is redone
+    assert sb.SigmaEntry("reference", 20, "seed", model=str(folder)).fingerprint() != record["fingerprint"]
+    assert str(sb.stale_reason(record)).startswith("model weights sha256:")
+
+
+def test_weights_digest_names_missing_weights(tmp_path: Path) -> None:
+    from robust_envs.fileio import weights_digest
+
+    (tmp_path / "a.safetensors").write_bytes(b"abc")
+    (tmp_path / "notes.txt").write_text("not weights")
+    first = weights_digest(tmp_path)
+    (tmp_path / "notes.txt").write_text("edited")  # only weight files count
+    assert weights_digest(tmp_path) == first and len(first) == 16
+    assert weights_digest(tmp_path / "a.safetensors") != weights_digest(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="holds no weights file"):
+        weights_digest(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        weights_digest(tmp_path / "missing")
 
 
 def test_time_left_estimate_scales_evaluation_with_t_c() -> None:

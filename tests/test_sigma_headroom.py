@@ -91,3 +91,29 @@ def test_pool_x_is_the_x_tc_a_pooled_reset_starts_from(tiny_unet_dir, contrast_e
     feats = sh.image_features(kw, [0, 1, 2, 3])
     assert feats.shape == (4, 49) and np.isfinite(feats).all()
     env.close()
+
+
+def test_image_features_kinds_shapes_and_standardisation(tiny_unet_dir, contrast_evaluator, one_thread) -> None:
+    kw = {"model": str(tiny_unet_dir), "evaluator": contrast_evaluator, "t_c": 3, "stride": 400, "device": "cpu",
+          "prefix_pool": 6}  # fmt: skip
+    stats = sh.image_features(kw, list(range(6)), "stats")
+    assert stats.shape == (6, 7) and np.isfinite(stats).all()
+    np.testing.assert_allclose(stats.mean(0), 0.0, atol=1e-9)  # standardised per column
+    assert np.all((np.abs(stats.std(0) - 1.0) < 1e-9) | (stats.std(0) == 0.0))
+    with pytest.raises(ValueError, match="1 x 28 x 28"):  # the LeNet features need Fashion-MNIST-shaped images
+        sh.image_features(kw, list(range(6)), "classifier")
+    with pytest.raises(ValueError, match="feature kind must be one of"):
+        sh.image_features(kw, [0], "pixels")
+    per_image = np.random.default_rng(0).normal(size=(len(sh.GRID), 6))
+    by = sh.across_by_features(per_image, kw, list(range(6)))
+    assert set(by) == {"pooled", "stats"}  # 'classifier' does not apply to 8 x 8 images: skipped, not failed
+    assert all("across_gain_ci95" in v for v in by.values())
+
+
+def test_recompute_across_names_a_missing_record_and_updates_a_stored_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sh, "RESULTS", tmp_path / "headroom.json")
+    with pytest.raises(KeyError, match="no headroom record"):
+        sh.recompute_across("seed/tc20/pool4x2")
+    (tmp_path / "headroom.json").write_text('{"seed/tc20/pool4x2": {"t_c": 20, "threat": "seed", "pool": 4}}')
+    with pytest.raises(ValueError, match="no per-image results"):
+        sh.recompute_across("seed/tc20/pool4x2")

@@ -37,7 +37,7 @@ from robust_envs.diffusion import (
 )
 from robust_envs.diffusion.sampler import ddim_steps, randn_per_generator
 from robust_envs.envs._lockstep import LockstepVectorEnv, same_device, to_numpy
-from robust_envs.quality import QualityEvaluator, make_evaluator
+from robust_envs.quality import SCORE_RANGE, QualityEvaluator, make_evaluator
 
 __all__ = [
     "ACTIONS",
@@ -378,6 +378,7 @@ class DDIMSigmaSimulator:
         self.eps_agent, self.eps_baseline = eps, eps.clone()
         self.x0_agent = predict_x0(x, eps, self.alpha_bar[self.t_c])
         self.x0_baseline = self.x0_agent.clone()
+        self._q_now: torch.Tensor | None = None  # Q of x0_agent, scored when asked (quality_now)
         self._replay = self._record = None
         if self.baseline_cache and torch_seeds is not None and self.prefix_pool == 0:
             keys = [(self._baseline_config(), int(s)) for s in torch_seeds]
@@ -390,6 +391,20 @@ class DDIMSigmaSimulator:
         # so a freed object's id cannot be reused by another one and hit a stale entry
         return (self.model.unet, self.evaluator, self.model.source, str(self.device), self.t_c, self.stride,
                 self.baseline_sigma, self.defence, self.attack)  # fmt: skip
+
+    def quality_now(self) -> torch.Tensor:
+        """Q of the agent's current x0 prediction ``(N,)`` float32 in the evaluator's range (x_0 itself after t = 1):
+        the score the reward is made of, as the ``q_x0`` observation. After a step it is the step's ``q_agent``; at
+        reset the evaluator scores the x0 prediction at ``t_c`` once (no random draw, so episodes are unchanged).
+
+        Raises:
+            RuntimeError: before :meth:`reset`.
+        """
+        if not hasattr(self, "x0_agent"):
+            raise RuntimeError("DDIMSigmaSimulator.quality_now called before reset()")
+        if self._q_now is None:
+            self._q_now = self.evaluator(_to_unit(self.x0_agent))
+        return self._q_now
 
     def sigma_scale(self, t: int) -> float:
         """The sigma of action 1 at step t -> t - 1: ``sigma_max`` (``"sigma_frac"``) or ``sigma_ddpm`` (``"eta"``)."""
@@ -476,6 +491,7 @@ class DDIMSigmaSimulator:
             self._record_baseline(x_b, x0_b, q_b, t_prev)
         self.x_agent, self.x_baseline = x_a, x_b
         self.x0_agent, self.x0_baseline = x0_a, x0_b
+        self._q_now = q_a
         self.t = t_prev
         diff = q_a - q_b
         if self.reward == "paper":
@@ -549,6 +565,7 @@ ENV_DEFAULTS: dict[str, Any] = {
     "prefix_pool": 0,
     "baseline_cache": False,
     "reward": "paper",
+    "observe_quality": False,
     "render_mode": None,
 }
 
@@ -575,6 +592,8 @@ class _DDIMSigmaMixin:
             raise ValueError(f"action must be one of {ACTIONS}, got {kw['action']!r}")
         if kw["reward"] not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {kw['reward']!r}")
+        if not isinstance(kw["observe_quality"], (bool, np.bool_)):
+            raise ValueError(f"observe_quality must be a bool, got {kw['observe_quality']!r}")
         if kw["attack_budget_unit"] not in ("timesteps", "T"):
             raise ValueError(
                 f"attack_budget_unit must be 'timesteps' or 'T' (a fraction of T), got {kw['attack_budget_unit']!r}"
@@ -610,22 +629,27 @@ class _DDIMSigmaMixin:
             baseline_cache=bool(kw["baseline_cache"]),
         )
         self.t_c = int(t_c)
+        self.observe_quality = bool(kw["observe_quality"])
         c, h, w = noise_model.sample_shape
-        self._single_obs_space = spaces.Dict(
-            {
-                "x_t": spaces.Box(-np.inf, np.inf, shape=(c, h, w), dtype=np.float32),
-                "t": spaces.Box(0.0, float(T), shape=(1,), dtype=np.float32),
-            }
-        )
+        obs_spaces: dict[str, spaces.Space] = {
+            "x_t": spaces.Box(-np.inf, np.inf, shape=(c, h, w), dtype=np.float32),
+            "t": spaces.Box(0.0, float(T), shape=(1,), dtype=np.float32),
+        }
+        if self.observe_quality:
+            obs_spaces["q_x0"] = spaces.Box(*SCORE_RANGE, shape=(1,), dtype=np.float32)
+        self._single_obs_space = spaces.Dict(obs_spaces)
         self._single_act_space = spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
 
     def _obs(self) -> dict[str, torch.Tensor]:
         """The batched observation as tensors on the device: ``x_t`` ``(N, C, H, W)``, ``t`` ``(N, 1)`` float32."""
         n, dev = self.sim.num_envs, self.sim.device
-        return {
+        obs = {
             "x_t": self.sim.x_agent.detach().float().clone(),  # a copy: the caller may write into it
             "t": torch.full((n, 1), float(self.sim.t), dtype=torch.float32, device=dev),
         }
+        if self.observe_quality:
+            obs["q_x0"] = self.sim.quality_now().detach().float().reshape(n, 1).clone()
+        return obs
 
     def _step_info(self, out: SimulatorStep) -> dict[str, torch.Tensor]:
         """The step's infos as ``(N,)`` tensors on the device (``q0_*`` added at the end of the episode)."""
@@ -680,8 +704,13 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     |-------|-------------|---------|----------------|-------------------------------------------|
     | x_t   | (C, H, W)   | float32 | (-inf, inf)    | current sample in model space (data in [-1, 1]) |
     | t     | (1,)        | float32 | [0, T]         | current timestep (t_c at reset, 0 at the end) |
+    | q_x0  | (1,)        | float32 | [1, 5]         | only with ``observe_quality=True``: Q of the agent's x0 prediction |
 
-    For the embedded default, ``(C, H, W) = (1, 28, 28)`` and T = 1000.
+    For the embedded default, ``(C, H, W) = (1, 28, 28)`` and T = 1000. ``q_x0`` is an opt-in addition to the
+    paper's state: the evaluator's score of the x0 prediction the agent's trajectory has now (the quality its
+    rewards are made of; Q(x_0) after the last step). It is a function of ``(x_t, t)``, so the MDP is unchanged,
+    but a learner need not discover the scorer from pixels: measured in ``docs/sigma_headroom.md``, Q of the x0
+    prediction at ``t_c`` tells which constant schedule an unseen image prefers, where pooled pixels do not.
 
     ## Rewards
     ``r_t = Q(x0_pred(x_{t-1}^Ag)) - Q(x0_pred(x_{t-1}^Ba))`` for t = t_c..2 (Eq. 19-21) and
@@ -722,6 +751,8 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     - ``defence`` (str, default ``"none"``): ``"round"`` (timestep rounded to the training grid) or
       ``"share"`` (E-TSDM-style sharing inside ``[0, defence_t_share)`` in ``defence_n_share`` intervals).
     - ``reward`` (str, default ``"paper"``): ``"paper"`` (Eq. 19-21), ``"delta"`` or ``"final"`` (see Rewards).
+    - ``observe_quality`` (bool, default False): add ``q_x0`` to the observation (see Observation Space); costs
+      one evaluator call on N images per reset, nothing per step; rewards and episodes are unchanged.
     - ``evaluator`` (str or QualityEvaluator, default ``"levels"``): see :func:`robust_envs.quality.make_evaluator`.
     - ``model`` (str or NoiseModel, default ``"embedded"``): see :func:`robust_envs.diffusion.load_noise_model`.
     - ``device`` (str, default: CUDA if available, else CPU).
@@ -737,8 +768,8 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
     ## Version History
     - v0: initial release; the ``action`` argument (default ``"sigma_frac"``, seed 000's range) and the
       threats ``"shift"``, ``"adaptive"``, ``"state"`` with the ``defence`` option and the ``reward`` option
-      (default ``"paper"``, as before) were added later under the same id; pass ``action="eta"`` for the
-      earlier action.
+      (default ``"paper"``, as before) and ``observe_quality`` (default off) were added later under the same id;
+      pass ``action="eta"`` for the earlier action.
     """
 
     def __init__(
@@ -764,6 +795,7 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
         prefix_pool: int = 0,
         baseline_cache: bool = False,
         reward: str = "paper",
+        observe_quality: bool = False,
         render_mode: str | None = None,
     ) -> None:
         kw = {k: v for k, v in locals().items() if k in ENV_DEFAULTS}
@@ -835,6 +867,7 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         prefix_pool: int = 0,
         baseline_cache: bool = False,
         reward: str = "paper",
+        observe_quality: bool = False,
         render_mode: str | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         max_episode_steps: int | None = None,
