@@ -314,3 +314,38 @@ def test_observe_quality_adds_q_x0_and_changes_nothing_else(kwargs_tiny, one_thr
     np.testing.assert_allclose(ov["q_x0"][0], single["q_x0"], atol=1e-5)
     with pytest.raises(ValueError, match="observe_quality must be a bool"):
         DDIMSigmaEnv(observe_quality="yes", **kwargs_tiny)
+
+
+def test_prefix_pool_on_disk_is_written_once_read_back_and_keyed_by_the_weights(kwargs_tiny, tmp_path,
+                                                                                one_thread) -> None:  # fmt: skip
+    """``prefix_pool_dir``: the first env computes the pool and writes it, a second env reads the same x_{t_c}
+    without running the prefix; other weights get another file; a corrupt file is named, recomputed, rewritten."""
+    import copy
+    import warnings
+
+    from robust_envs.envs import ddim_sigma as ds
+
+    kw = {**kwargs_tiny, "prefix_pool": 5, "prefix_pool_dir": str(tmp_path)}
+    env = ds.DDIMSigmaVectorEnv(num_envs=2, **kw)
+    env.reset(seed=0)
+    path = env.sim.pool_file()
+    assert path.is_file() and list(tmp_path.iterdir()) == [path]
+    x_first = env.sim.pool_x(list(range(5)))
+    ds.PREFIX_CACHE.clear()  # a fresh process: only the file is left
+    again = ds.DDIMSigmaVectorEnv(num_envs=2, **kw)
+    calls = []
+    again.sim._prefix = lambda gens: calls.append(len(gens))  # type: ignore[method-assign]
+    again.reset(seed=0)
+    assert calls == [] and torch.equal(again.sim.pool_x(list(range(5))), x_first)
+    # the key is the weights themselves: a perturbed copy of the network is another pool
+    other = copy.deepcopy(env.sim.model)
+    with torch.no_grad():
+        next(other.unet.parameters()).add_(1e-3)
+    assert ds.DDIMSigmaVectorEnv(num_envs=1, **{**kw, "model": other}).sim.pool_file() != path
+    path.write_bytes(b"not a torch file")
+    ds.PREFIX_CACHE.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds.DDIMSigmaVectorEnv(num_envs=2, **kw).reset(seed=0)
+    assert any(str(path) in str(w.message) for w in caught)
+    assert torch.allclose(torch.load(path, weights_only=True)["x"], x_first, atol=1e-6)

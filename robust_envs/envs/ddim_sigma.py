@@ -14,8 +14,12 @@ both run the same lockstep simulator (:class:`DDIMSigmaSimulator`), the single e
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -274,6 +278,7 @@ class DDIMSigmaSimulator:
         prefix_pool: int = 0,
         reward: str = "paper",
         baseline_cache: bool = False,
+        prefix_pool_dir: str | None = None,
     ) -> None:
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
@@ -294,10 +299,13 @@ class DDIMSigmaSimulator:
         self.baseline_sigma = float(baseline_sigma)
         self.prefix_cache = bool(prefix_cache)
         self.prefix_pool = int(prefix_pool)
+        self.prefix_pool_dir = None if prefix_pool_dir is None else str(prefix_pool_dir)
+        self._pool_on_disk_done = False
         self.baseline_cache = bool(baseline_cache)
         self.mirror_baseline = False
         #: with ``prefix_pool``: the pool entry each episode of the last reset started from (``num_envs`` ints)
         self.pool_index: list[int] | None = None
+        self._weights_sha: str | None = None
         self._replay: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # cached baselines
         self._record: tuple[list[tuple], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None
         self.alpha_bar = self.schedule.alpha_bar.to(self.device)  # float64: see ddim_step
@@ -351,9 +359,78 @@ class DDIMSigmaSimulator:
     def pool_x(self, indices: list[int]) -> torch.Tensor:
         """``x_{t_c}`` of prefix-pool entries ``indices`` (entry ``j`` from seed ``POOL_SEED_BASE + j``), from the
         process cache or computed: ``(len(indices), C, H, W)`` float32 in model space, on the model's device.
+        With ``prefix_pool_dir`` the whole pool is read from (or computed once and written to) that folder first.
         """
+        if self.prefix_pool_dir is not None and not self._pool_on_disk_done and self.prefix_pool > 0:
+            self._pool_from_disk()
         gens = [torch.Generator(device=self.device).manual_seed(POOL_SEED_BASE + j) for j in indices]
         return self._cached_prefix([POOL_SEED_BASE + j for j in indices], gens, restore=False)
+
+    def pool_file(self) -> Path:
+        """The file of this configuration's pool in ``prefix_pool_dir``: ``pool_<sha256[:16]>.pt``, keyed by
+        :meth:`pool_key` (the network's weights themselves, not its name: a retrained model gets a new file).
+
+        Raises:
+            ValueError: without ``prefix_pool_dir``.
+        """
+        if self.prefix_pool_dir is None:
+            raise ValueError("pool_file needs prefix_pool_dir")
+        digest = hashlib.sha256(json.dumps(self.pool_key(), sort_keys=True).encode()).hexdigest()[:16]
+        return Path(self.prefix_pool_dir) / f"pool_{digest}.pt"
+
+    def pool_key(self) -> dict[str, Any]:
+        """What determines the pool's ``x_{t_c}``: the network's weights (sha256 of its state dict), the schedule,
+        ``t_c``, stride, baseline sigma, defence, sample shape, pool size and seed base.
+        """
+        if self._weights_sha is None:
+            digest = hashlib.sha256()
+            for name, tensor in self.model.unet.state_dict().items():
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_sha = digest.hexdigest()[:16]
+        alpha_bar = self.schedule.alpha_bar.double().cpu().numpy().tobytes()
+        return {"weights": self._weights_sha, "alpha_bar": hashlib.sha256(alpha_bar).hexdigest()[:16],
+                "t_c": self.t_c, "stride": self.stride, "baseline_sigma": self.baseline_sigma,
+                "defence": repr(self.defence), "shape": list(self.shape), "pool": self.prefix_pool,
+                "seed_base": POOL_SEED_BASE}  # fmt: skip
+
+    def _pool_from_disk(self) -> None:
+        """Fill the process cache with the whole pool from :meth:`pool_file`; compute and write it (atomically)
+        when absent. An unreadable or mismatched file is named in a warning and rewritten, never trusted.
+        """
+        import warnings
+
+        from robust_envs.fileio import CorruptFileError, read_torch
+
+        path = self.pool_file()
+        seeds = [POOL_SEED_BASE + j for j in range(self.prefix_pool)]
+        config = self._cache_config()
+        x = None
+        if path.is_file():
+            try:
+                saved = read_torch(path, hint="it is a cache: delete it or let the env rewrite it")
+                if saved.get("key") != self.pool_key() or tuple(saved["x"].shape) != (self.prefix_pool, *self.shape):
+                    raise CorruptFileError(path, "made for another configuration", "the env rewrites it")
+                x = saved["x"].to(self.device)
+            except (CorruptFileError, KeyError, AttributeError) as err:
+                warnings.warn(f"prefix pool {path} not used ({err}); it is computed again and rewritten", stacklevel=3)
+        if x is None:
+            parts = []
+            for i in range(0, len(seeds), 256):  # batches of 256 samples through the network
+                chunk = seeds[i : i + 256]
+                gens = [torch.Generator(device=self.device).manual_seed(s) for s in chunk]
+                parts.append(self._cached_prefix(chunk, gens, restore=False))
+            x = torch.cat(parts)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({"key": self.pool_key(), "x": x.detach().cpu()}, tmp)
+            os.replace(tmp, path)
+        else:
+            empty = torch.empty(0)
+            for j, s in enumerate(seeds):
+                if PREFIX_CACHE.get((config, s)) is None:
+                    PREFIX_CACHE.put((config, s), x[j], empty)  # pool entries never restore a generator
+        self._pool_on_disk_done = True
 
     # episode control ----------------------------------------------------------------------------------
     def reset(self, torch_seeds: list[int] | None) -> None:
@@ -563,6 +640,7 @@ ENV_DEFAULTS: dict[str, Any] = {
     "baseline_sigma": 0.0,
     "prefix_cache": False,
     "prefix_pool": 0,
+    "prefix_pool_dir": None,
     "baseline_cache": False,
     "reward": "paper",
     "observe_quality": False,
@@ -627,6 +705,7 @@ class _DDIMSigmaMixin:
             prefix_pool=int(kw["prefix_pool"]),
             reward=kw["reward"],
             baseline_cache=bool(kw["baseline_cache"]),
+            prefix_pool_dir=None if kw["prefix_pool_dir"] is None else str(kw["prefix_pool_dir"]),
         )
         self.t_c = int(t_c)
         self.observe_quality = bool(kw["observe_quality"])
@@ -760,6 +839,11 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
       clipped per step to ``sqrt(1 - alpha_bar[t_prev])`` (documented clip).
     - ``prefix_cache`` (bool, default False), ``prefix_pool`` (int, default 0: off): reuse the attack-free
       prefix above t_c (:class:`DDIMSigmaSimulator`).
+    - ``prefix_pool_dir`` (str, default None): with ``prefix_pool``, keep the pool's ``x_{t_c}`` on disk in this
+      folder (one ``pool_<hash>.pt`` per configuration, keyed by the network's weights, schedule, t_c, stride,
+      baseline sigma, defence and pool size): the first env computes and writes it, later ones (other processes,
+      later runs) read it instead of running ``P`` strided prefixes. A file of another configuration or a corrupt
+      one is named in a warning and rewritten.
     - ``baseline_cache`` (bool, default False): replay the sigma = 0 baseline of a seed already run with the same
       configuration (:class:`BaselineCache`; seeded resets, no pool); evaluation of many schedules on the same
       seeds then costs about half per schedule after the first. Rewards and infos are unchanged.
@@ -793,6 +877,7 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
         baseline_sigma: float = 0.0,
         prefix_cache: bool = False,
         prefix_pool: int = 0,
+        prefix_pool_dir: str | None = None,
         baseline_cache: bool = False,
         reward: str = "paper",
         observe_quality: bool = False,
@@ -865,6 +950,7 @@ class DDIMSigmaVectorEnv(_DDIMSigmaMixin, LockstepVectorEnv):
         baseline_sigma: float = 0.0,
         prefix_cache: bool = False,
         prefix_pool: int = 0,
+        prefix_pool_dir: str | None = None,
         baseline_cache: bool = False,
         reward: str = "paper",
         observe_quality: bool = False,
