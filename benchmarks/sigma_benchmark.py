@@ -318,6 +318,78 @@ _FIDELITY: Any = None
 
 
 # ----------------------------------------------------------------------------------------------- report
+FINER_DIR = REPO_ROOT / "benchmarks" / "results" / "sigma_finer"
+
+
+def run_finer(threat: str, t_c: int, constants: list[float], threads: int = 1, progress: bool = True,
+              finer_dir: Path = FINER_DIR, **entry_kwargs: Any) -> dict[str, Any]:  # fmt: skip
+    """Evaluate constant actions outside the reference grid on a cell's samples (the reference entry's env, seeds
+    and ``n_eval``), so agents can be paired against a finer grid of constants than {0.25, 0.5, 0.75, 1}; merged
+    into ``<finer_dir>/<threat>_tc<t_c>.json`` (atomic write; a constant already stored for these weights is
+    skipped). ``entry_kwargs`` (``n_eval``, ``model``, ``evaluator``, ``stride``) must match the cell's entries.
+
+    Raises:
+        ValueError: a constant outside [0, 1], or a threat the benchmark does not define.
+    """
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.reference import ConstantAction
+
+    bad = [a for a in constants if not 0.0 <= a <= 1.0]
+    if bad:
+        raise ValueError(f"constants must be in [0, 1], got {bad}")
+    entry = SigmaEntry("reference", t_c, threat, **entry_kwargs)
+    path = Path(finer_dir) / f"{threat}_tc{t_c}.json"
+    record = read_json_or_warn(path, "it is written again") if path.is_file() else None
+    if not isinstance(record, dict) or record.get("weights") != entry.weights() or record.get("n_eval") != entry.n_eval:
+        record = {"threat": threat, "t_c": t_c, "n_eval": entry.n_eval, "eval_seed": entry.eval_seed,
+                  "env_kwargs": entry.env_kwargs(), "weights": entry.weights(), "constants": {}}  # fmt: skip
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for a in constants:
+            name = f"a={a:g}"
+            if name in record["constants"]:
+                continue
+            t0 = time.perf_counter()
+            res = evaluate_policy(name, ConstantAction(a), entry.env_kwargs(), entry.n_eval, 250, entry.eval_seed,
+                                  progress=progress)  # fmt: skip
+            record["constants"][name] = {"mean_r1": float(res.r1.mean()), "r1": [round(float(v), 6) for v in res.r1],
+                                         "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+            record.update({"hardware": _hardware(entry.device, threads), "git": _git_at_import(),
+                           "command": "python -m benchmarks.sigma_benchmark finer --threat " + threat + f" --t-c {t_c} "
+                           "--constants " + " ".join(k[2:] for k in record["constants"])})  # fmt: skip
+            atomic_write_json(path, record)
+    finally:
+        torch.set_num_threads(previous)
+    return record
+
+
+def _finer_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path) -> list[str]:
+    """Per cell with a finer-grid file: its constants and each agent seed's paired difference to the best of them."""
+    from agents.evaluate_sigma import _ci95
+
+    lines = []
+    for (threat, t_c), cell in sorted(cells.items()):
+        path = Path(finer_dir) / f"{threat}_tc{t_c}.json"
+        rec = read_json_or_warn(path, "rerun `finer`") if path.is_file() else None
+        if not isinstance(rec, dict) or not rec.get("constants"):
+            continue
+        consts = rec["constants"]
+        best = max(consts, key=lambda k: consts[k]["mean_r1"])
+        txt = ", ".join(f"{k} {v['mean_r1']:+.3f}" for k, v in sorted(consts.items()))
+        pairs = []
+        for agent, recs in sorted(cell["agents"].items()):
+            for r in sorted(recs, key=lambda r: r["seed"]):
+                if r.get("weights") != rec.get("weights") or "r1" not in r:
+                    continue
+                diff = np.asarray(r["r1"], dtype=np.float64) - np.asarray(consts[best]["r1"], dtype=np.float64)
+                lo, hi = _ci95(diff)
+                pairs.append(f"{agent} seed {r['seed']} {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        lines.append(f"- `{threat}`, t_c {t_c}: {txt} (best {best}); paired agent - {best}: "
+                     + ("; ".join(pairs) or "no agent entry on these weights") + f". `{rec.get('command', '')}`.")  # fmt: skip
+    return lines
+
+
 def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
     """Every readable entry JSON under ``results_dir``; an unreadable file is named in a warning and skipped."""
     records = []
@@ -499,6 +571,12 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     lines += verdict_rows or ["No PPO entry yet: no claim checked."]
     lines += ["", "How much any agent could gain over the best constant by choosing its action per image (a cross-fitted "
               "bound measured on held-out draws): [sigma_headroom.md](sigma_headroom.md)."]  # fmt: skip
+    finer = _finer_lines(cells, FINER_DIR if results_dir == RESULTS_DIR else Path(results_dir).parent / "sigma_finer")
+    if finer:
+        lines += ["", "## Against a finer grid of constants", "",
+                  "The reference grid steps a by 0.25; where the best constant may lie between its points, `finer` "
+                  "evaluates more constants on the same samples, and agents are paired against the best of them:", ""]
+        lines += finer
     stale = sorted((r.get("name", "?"), why) for r in records if (why := stale_reason(r)))
     if stale:
         lines += ["", "Stale entries, shown above as they were made (`run` retrains and re-evaluates them): "
@@ -705,10 +783,20 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--model", default="embedded", help="noise network (the benchmark's: embedded)")
     run.add_argument("--evaluator", default="levels", help="quality evaluator (the benchmark's: levels)")
     run.add_argument("--stride", type=int, default=50)
+    fin = sub.add_parser("finer", help="evaluate constants outside the reference grid on a cell's samples")
+    fin.add_argument("--threat", default="shift", choices=sorted(THREATS))
+    fin.add_argument("--t-c", type=int, default=20)
+    fin.add_argument("--constants", type=float, nargs="+", default=[0.8, 0.85, 0.9, 0.95])
+    fin.add_argument("--threads", type=int, default=1)
     rep = sub.add_parser("report", help="regenerate docs/sigma_benchmark.md and the figure")
     rep.add_argument("--results-dir", default=str(RESULTS_DIR))
     rep.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
     ns = parser.parse_args(argv)
+    if ns.command == "finer":
+        rec = run_finer(ns.threat, ns.t_c, ns.constants, threads=ns.threads)
+        print({k: round(v["mean_r1"], 4) for k, v in rec["constants"].items()})
+        print(build_report())
+        return
     if ns.command == "report":
         print(build_report(Path(ns.results_dir), Path(ns.docs_dir)))
         return

@@ -174,3 +174,17 @@ def test_time_left_estimate_scales_evaluation_with_t_c() -> None:
     text = "\n".join(sb._progress(records))
     assert "79 entries left. At the measured costs" in text and "load average at their end 2.5 to 2.5" in text
     assert "Not estimated" not in text
+
+
+def test_finer_constants_pair_with_the_cell_and_resume(tiny_unet_dir, tmp_path: Path, one_thread) -> None:
+    """`finer` evaluates constants on the reference's samples: a = 0 is the baseline (r_1 = 0 exactly), a stored
+    constant is not run again, and a constant outside [0, 1] is refused by value."""
+    kw = {"n_eval": 3, "model": str(tiny_unet_dir), "stride": 400}
+    rec = sb.run_finer("seed", 2, [0.0, 0.5], progress=False, finer_dir=tmp_path, **kw)
+    assert set(rec["constants"]) == {"a=0", "a=0.5"} and rec["constants"]["a=0"]["r1"] == [0.0, 0.0, 0.0]
+    first = rec["constants"]["a=0.5"]["r1"]
+    again = sb.run_finer("seed", 2, [0.5, 1.0], progress=False, finer_dir=tmp_path, **kw)
+    assert again["constants"]["a=0.5"]["r1"] == first and set(again["constants"]) == {"a=0", "a=0.5", "a=1"}
+    assert "--constants 0 0.5 1" in again["command"]
+    with pytest.raises(ValueError, match=r"constants must be in \[0, 1\], got \[1.5\]"):
+        sb.run_finer("seed", 2, [1.5], finer_dir=tmp_path, **kw)
