@@ -501,7 +501,9 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         "(Eq. 18), mean with a 95% CI (Student t over samples). Agents: mean over seeds as rliable's IQM with a "
         "stratified bootstrap 95% CI (over seeds). Constant actions: a in {0.25, 0.5, 0.75, 1} (a = 0 is the "
         "baseline, r_1 = 0 exactly); `round` / `share`: the non-RL timestep defences as sigma = 0 schedules, "
-        "against the undefended baseline.",
+        "against the undefended baseline. Verdict: `beats` when the agent's CI lies above the best constant's mean or "
+        "every seed's paired difference to it (same samples) has a 95% CI above 0; `matches` when its CI reaches the "
+        "best constant's mean; `below` otherwise.",
         "",
         "Threats: " + "; ".join(f"`{k}` = `{v}`" for k, v in THREATS.items() if k in threats) + ".",
         "",
@@ -538,7 +540,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                 series.setdefault(agent, []).append((t_c, iqm, lo, hi))
                 if best is None:
                     verdict = "references pending"
-                elif lo > best["mean_r1"]:
+                elif lo > best["mean_r1"] or _paired_all_above(recs, best):
                     verdict = "beats"
                 elif hi >= best["mean_r1"]:
                     verdict = "matches"
@@ -593,6 +595,16 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _paired_all_above(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:
+    """True when every seed's paired difference to the best constant has a 95% CI above 0 (same samples)."""
+    if "r1" not in best or any("r1" not in r for r in recs):
+        return False
+    from agents.evaluate_sigma import _ci95
+
+    b = np.asarray(best["r1"], dtype=np.float64)
+    return all(_ci95(np.asarray(r["r1"], dtype=np.float64) - b[: len(r["r1"])])[0] > 0 for r in recs)
 
 
 def _paired(recs: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
