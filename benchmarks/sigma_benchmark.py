@@ -79,6 +79,8 @@ AGENTS: dict[str, dict[str, Any]] = {
     "sac": {"algo": "sac", "total_timesteps": 8192, "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
     "tqc": {"algo": "tqc", "total_timesteps": 8192, "learning_rate": 3e-4, "batch_size": 256, "log_std_init": -1.0},
     "recurrent_ppo": {"algo": "recurrent_ppo", "total_timesteps": 8192},
+    # the paper's PPO that also sees the scorer's Q of its current x0 prediction (run ZQ0 of docs/sigma_tuning.md)
+    "ppo_q": {"algo": "ppo", "total_timesteps": 32768, "observe": "x_t,t,q", "extractor": "cnn_gated"},
     # PPO as a contextual bandit over per-image constants that also sees the scorer's Q of the x0 prediction
     # (docs/sigma_headroom.md: that feature predicts which constant an unseen image prefers; run ZQH0 of
     # docs/sigma_tuning.md): one action per episode from (x_{t_c}, t_c, q_x0), 65,536 env steps = 3,276 decisions
