@@ -521,7 +521,7 @@ def _image_code_lines(runs: dict[str, Any], edge: dict[str, Any] | None,
         longer = f" (twice the budget, a pool of 1,024 x_{{t_c}}: {cell('ZSL0')})" if "ZSL0" in runs else ""
         if "ZH0" in runs:
             longer += f" (the same, one action held per episode, a contextual bandit over x_{{t_c}}: {cell('ZH0')})"
-        seeing_q = [f"{n} {cell(n)}" for n in ("ZQ0", "ZQH0") if n in runs]
+        seeing_q = [cell(n) for n in ("ZQ0", "ZQH0") if n in runs]
         if seeing_q:
             longer += (" (seeing the scorer's Q of the x0 prediction too, `observe='x_t,t,q'`, which docs/sigma_headroom.md "
                        "finds predictive of the best constant per image: " + ", ".join(seeing_q) + ")")
