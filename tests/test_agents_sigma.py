@@ -267,7 +267,8 @@ def test_learner_observing_quality_trains_and_evaluates_on_the_same_episodes(env
     """observe='x_t,t,q' (and the 't,q' ablation): the learner sees the env's q_x0; evaluation adds
     observe_quality by itself, and a policy handed an observation without it names the missing key.
     """
-    from agents.ppo_sigma import Args, SB3SigmaPolicy, env_kwargs as args_env_kwargs, train
+    from agents.ppo_sigma import Args, SB3SigmaPolicy, train
+    from agents.ppo_sigma import env_kwargs as args_env_kwargs
 
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
     for observe, keys in (("x_t,t,q", {"x_t", "t", "q_x0"}), ("t,q", {"t", "q_x0"})):
