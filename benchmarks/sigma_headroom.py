@@ -204,11 +204,10 @@ def image_features(env_kwargs: dict[str, Any], indices: list[int], kind: str = "
         else:
             if tuple(x0.shape[1:]) != (1, 28, 28):
                 raise ValueError(f"'classifier' features need 1 x 28 x 28 images, got {tuple(x0.shape[1:])}")
-            from robust_envs.quality.fidelity import FeatureFidelity
+            from robust_envs.quality.fidelity import LeNetFeatures, load_feature_classifier
 
-            fid = FeatureFidelity(device=str(x0.device))
-            probs = fid.classifier(x0).softmax(-1)
-            feats = torch.cat([fid.features(x0), probs], 1)
+            classifier = load_feature_classifier(device=x0.device)
+            feats = torch.cat([LeNetFeatures(classifier)(x0), classifier(x0).softmax(-1)], 1)
     env.close()
     f = feats.double().cpu().numpy()
     return (f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1.0)
@@ -225,9 +224,14 @@ def across_by_features(per_image: np.ndarray, env_kwargs: dict[str, Any], indice
         except ValueError:
             continue
         out[kind] = across_images(per_image, feats, GRID)
-        if kind == "stats":  # which statistic carries it: each column alone
+        if kind == "stats":  # which statistic carries it: each column alone, and its sign
             out[kind]["by_column"] = {name: round(across_images(per_image, feats[:, [j]], GRID)["across_gain"], 5)
                                       for j, name in enumerate(STATS_COLUMNS)}  # fmt: skip
+            # per image: how much the constants below a = 1 gain over a = 1 (mean over them), against each column
+            smaller = per_image[[i for i, a in enumerate(GRID) if 0.0 < a < 1.0]] - per_image[GRID.index(1.0)]
+            out[kind]["corr_with_gain_below_a1"] = {
+                name: round(float(np.corrcoef(feats[:, j], smaller.mean(0))[0, 1]), 3) if feats[:, j].std() > 0
+                else 0.0 for j, name in enumerate(STATS_COLUMNS)}  # fmt: skip
     return out
 
 
@@ -407,11 +411,16 @@ def _reading(data: dict[str, Any]) -> list[str]:
             carried = [FEATURE_NAMES.get(kind, kind) for kind, a in by.items() if a["across_gain_ci95"][0] > 0]
             cols = (by.get("stats") or {}).get("by_column")
             best_col = max(cols, key=cols.get) if cols else None
+            corr = (by.get("stats") or {}).get("corr_with_gain_below_a1")
             lines.append(f"  Across images (each held-out image's constant chosen from its {r['across_k']} nearest "
                          f"training images, two folds over the {r['n_images']} images), gain over the best constant "
                          f"by feature: {gains}. "
                          + (f"The per-image headroom carries over to unseen images through {', '.join(carried)}"
-                            + (f" (of its columns alone, {best_col} carries most: {cols[best_col]:+.4f})" if best_col else "")
+                            + (f" (of its columns alone, {best_col} carries most: {cols[best_col]:+.4f}; its correlation "
+                               "over images with how much the constants below a = 1 gain over a = 1: "
+                               f"{corr[best_col]:+.2f})" if best_col and corr else
+                               f" (of its columns alone, {best_col} carries most: {cols[best_col]:+.4f})" if best_col
+                               else "")
                             + ": what an image prefers is readable from x_{t_c}, so a learner that computes these "
                             "features (or is given them: the env's `observe_quality`) can collect it on fresh x_T. "
                             "The feature sets were tried after the pooled pixels failed, so an agent evaluated on the "

@@ -150,8 +150,9 @@ def test_weights_digest_names_missing_weights(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("edited")  # only weight files count
     assert weights_digest(tmp_path) == first and len(first) == 16
     assert weights_digest(tmp_path / "a.safetensors") != weights_digest(tmp_path / "notes.txt")
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no weights file"):
-        weights_digest(tmp_path / "empty") if (tmp_path / "empty").mkdir() is None else None
+        weights_digest(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match="do not exist"):
         weights_digest(tmp_path / "missing")
 
