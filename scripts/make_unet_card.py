@@ -25,11 +25,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from robust_envs.data import load_fashion_mnist  # noqa: E402
 from robust_envs.diffusion import EMBEDDED_UNET, TimestepAttack, load_noise_model, sample_x0  # noqa: E402
+from robust_envs.diffusion.models import model_weights_id  # noqa: E402
 from robust_envs.quality import LevelsEvaluator  # noqa: E402
 
 
 def ci95(x: np.ndarray) -> float:
     return float(1.96 * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def previous_versions(weights: str) -> list[dict]:
+    """The measured versions before these weights: the stored history plus the card being replaced, if its
+    weights differ (a card made before weights were recorded counts as a different version)."""
+    path = EMBEDDED_UNET / "quality.json"
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    history = list(old.get("history", []))
+    if old.get("weights") != weights:
+        history.append({k: old.get(k) for k in ("weights", "steps_done", "mean_score_generated", "ci95_generated",
+                                                "mean_score_real_test", "command")})  # fmt: skip
+    return history
+
+
+def history_table(history: list[dict]) -> str:
+    if not history:
+        return ""
+    rows = [f"| {h.get('steps_done') or '?'} | {h.get('weights') or 'not recorded'} | "
+            f"{h['mean_score_generated']:.3f} +- {h['ci95_generated']:.3f} | {h['mean_score_real_test']:.3f} |"
+            for h in history]  # fmt: skip
+    return ("\nEarlier versions (same command and samples):\n\n| steps | weights | generated | real (test) |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def main() -> None:
@@ -68,11 +93,16 @@ def main() -> None:
     plt.close(fig)
 
     training = json.loads((EMBEDDED_UNET / "training.json").read_text())
+    weights = model_weights_id("embedded")
+    history = previous_versions(weights)
     quality = {
+        "weights": weights, "steps_done": training["steps_done"],
+        "share_generated_below_2": float((q_gen < 2).mean()), "share_real_below_2": float((q_real < 2).mean()),
         "n": args.n, "seed": args.seed, "sampler": "DDIM sigma=0, stride 50 above t_c=20, unit steps below, no attack",
         "mean_score_generated": float(q_gen.mean()), "ci95_generated": ci95(q_gen),
         "mean_score_real_test": float(q_real.mean()), "ci95_real_test": ci95(q_real),
         "command": "python scripts/make_unet_card.py " + " ".join(sys.argv[1:]),
+        "history": history,
     }  # fmt: skip
     (EMBEDDED_UNET / "quality.json").write_text(json.dumps(quality, indent=2))
     n_params = sum(p.numel() for p in model.unet.parameters())
@@ -84,7 +114,7 @@ network timestep `i` pairs with `alphas_cumprod[i]` (diffusers convention). EMA 
 
 - Command: `{training['command']}`{' (' + training['note'] + ')' if training.get('note') else ''}
 - Seed: {training['args']['seed']}; batch {training['args']['batch_size']}; AdamW lr {training['args']['lr']}; EMA {training['args']['ema_decay']}
-- Steps: {training['steps_done']}; wall time of the last run {training['wall_time_s']:.0f} s; hardware: {training['hardware']}
+- Steps: {training['steps_done']}; wall time {training['wall_time_s']:.0f} s (summed over the calls that resumed from `--checkpoint`, not counting the run it was initialised from); hardware: {training['hardware']}
 - Data: {training['data']}
 - Final training loss (mean of the last 200 steps): {training['final_loss_mean_last_200']:.4f}
 
@@ -98,10 +128,9 @@ levels scorer (1 = bad .. 5 = excellent), next to {args.n} real Fashion-MNIST te
 | generated | {quality['mean_score_generated']:.3f} | +- {quality['ci95_generated']:.3f} |
 | real (test) | {quality['mean_score_real_test']:.3f} | +- {quality['ci95_real_test']:.3f} |
 
-Sample grid: `docs/figures/ddpm_fmnist_samples.png`. This is a small model trained briefly on a CPU: most samples are
-recognisable garments (tops, trousers, dresses, sneakers, bags, boots), and a minority show the speckle
-artefacts of an undertrained model, which the scorer rates lower (the gap in the scores above).
-
+Share rated below 2 (bad): generated {quality['share_generated_below_2']:.1%}, real {quality['share_real_below_2']:.1%}.
+Sample grid: `docs/figures/ddpm_fmnist_samples.png` (the first 64 samples). Weights: `{weights}`.
+{history_table(history)}
 ## Results that depend on these weights
 
 Every DDIMSigma-v0 number on the embedded model. Retraining it in place (`scripts/train_unet.py --checkpoint ...`

@@ -86,7 +86,8 @@ def main(args: Args) -> None:
     if args.init_from:
         unet.load_state_dict(UNet2DModel.from_pretrained(args.init_from).state_dict())
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                              clip_sample=False)  # the env's DDIM does not clip x0
     alphas_cumprod = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=0.0)
     warmup = 100 if not args.init_from else 20
