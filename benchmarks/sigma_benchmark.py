@@ -4,6 +4,8 @@ Usage::
 
     python -m benchmarks.sigma_benchmark run --agents ppo --t-c 10 20 30 40 50 60 --threats seed shift --seeds 0 1 2
     python -m benchmarks.sigma_benchmark run --agents sac tqc recurrent_ppo --t-c 20 60 --threats seed shift --seeds 0 1 2
+    python -m benchmarks.sigma_benchmark finer --threat shift --t-c 20 --constants 0.8 0.85 0.9 0.95
+    python -m benchmarks.sigma_benchmark heldout --threat shift --t-c 20  # held-out scorer rows of older entries
     python -m benchmarks.sigma_benchmark report     # docs/sigma_benchmark.md + docs/figures/sigma_fig7.png
 
 Entries run on the leaderboard's runner (:func:`benchmarks.leaderboard.run_leaderboard`): one JSON per entry
@@ -20,6 +22,10 @@ Two kinds of entry per (threat, t_c):
 - ``<agent>_seed<k>``: the agent trained with the stated budget (checkpoint under
   ``benchmarks/checkpoints/sigma/``, reused when its fingerprint matches), evaluated the paper's way: 500
   samples (``--n-eval``), r_1 with a 95% CI against sigma = 0, the same seeds as the references.
+
+Every final image is also scored by the held-out replicate of the env's scorer (``evaluator="levels_heldout"``, same
+recipe, seed 1, never trained on): per-sample ``r1_heldout``, paired in the report against the best constant to check
+that an agent's gain is not specific to the scorer it was trained on (reward over-optimisation).
 
 Aggregation across seeds uses rliable (Agarwal et al. 2021): the interquartile mean (IQM) of the per-seed mean
 r_1 with stratified bootstrap 95% CIs.
@@ -259,8 +265,11 @@ class SigmaEntry:
         for row, res in zip(rows, results, strict=True):
             row["independent"] = quality[row["schedule"]]
             row["r1"] = [round(float(v), 6) for v in res.r1]  # per sample: agents are compared paired
+            # a defence's own baseline is the defended one: its r_1 is against the undefended baseline of results[0]
+            base = results[0].x0_baseline_all if row["schedule"].startswith("defence") else res.x0_baseline_all
+            row["r1_heldout"] = heldout_r1(res.x0_all, base)
         return {"kind": "reference", "rows": rows, "baseline_independent": quality["a=0 (baseline)"],
-                "eval_time_s": time.perf_counter() - t0}  # fmt: skip
+                "heldout_scorer": heldout_scorer_id(), "eval_time_s": time.perf_counter() - t0}  # fmt: skip
 
     def _agent(self) -> dict[str, Any]:
         from agents.evaluate_sigma import evaluate_policy, summarize
@@ -294,6 +303,7 @@ class SigmaEntry:
         row = summarize([result])[0]
         row["independent"] = independent_measures(result.x0_all)
         return {"kind": "agent", "row": row, "r1": [round(float(v), 6) for v in result.r1],
+                "r1_heldout": heldout_r1(result.x0_all, result.x0_baseline_all), "heldout_scorer": heldout_scorer_id(),
                 "train_args": dataclasses.asdict(args), "train_time_s": train_time, "train_cpu_s": train_cpu,
                 "checkpoint_reused": reused, "eval_time_s": time.perf_counter() - t1}  # fmt: skip
 
@@ -317,6 +327,39 @@ def independent_measures(x0: np.ndarray | None) -> dict[str, float] | None:
 
 
 _FIDELITY: Any = None
+_HELDOUT: dict[str, Any] = {}
+
+
+def heldout_scorer_id() -> str | None:
+    """``"sha256:<16 hex>"`` of the held-out levels scorer's weights
+    (:data:`robust_envs.quality.HELDOUT_LEVELS_SCORER`), None where it is absent. Stored beside ``r1_heldout``:
+    per-sample rows of another scorer are not compared.
+    """
+    from robust_envs.fileio import weights_digest
+    from robust_envs.quality import HELDOUT_LEVELS_SCORER
+
+    if not (HELDOUT_LEVELS_SCORER / "model.safetensors").is_file():
+        return None
+    return "sha256:" + weights_digest(HELDOUT_LEVELS_SCORER)
+
+
+def heldout_r1(x0: np.ndarray | None, x0_baseline: np.ndarray | None) -> list[float] | None:
+    """Per-sample r_1 (seed 000 Eq. 18) under the held-out levels scorer, a replicate of the env's scorer (same recipe,
+    seed 1) that no agent trains on: ``Q_heldout(x0) - Q_heldout(x0_baseline)``, each ``(n, 1, 28, 28)`` float in
+    [0, 1], the same samples in the same order. A gain the env's scorer sees and this one does not is specific to
+    the scorer's weights (reward over-optimisation), not to the images. None for other shapes or without the scorer.
+    """
+    if x0 is None or x0_baseline is None or tuple(x0.shape[1:]) != (1, 28, 28) or heldout_scorer_id() is None:
+        return None
+    if x0.shape != x0_baseline.shape:
+        raise ValueError(f"x0 {tuple(x0.shape)} and x0_baseline {tuple(x0_baseline.shape)} must be the same samples")
+    from robust_envs.quality import make_evaluator
+
+    if "levels_heldout" not in _HELDOUT:
+        _HELDOUT["levels_heldout"] = make_evaluator("levels_heldout")
+    scorer = _HELDOUT["levels_heldout"]
+    diff = scorer(torch.as_tensor(x0)) - scorer(torch.as_tensor(x0_baseline))
+    return [round(float(v), 6) for v in diff]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -356,6 +399,8 @@ def run_finer(threat: str, t_c: int, constants: list[float], threads: int = 1, p
             res = evaluate_policy(name, ConstantAction(a), entry.env_kwargs(), entry.n_eval, 250, entry.eval_seed,
                                   progress=progress)  # fmt: skip
             record["constants"][name] = {"mean_r1": float(res.r1.mean()), "r1": [round(float(v), 6) for v in res.r1],
+                                         "r1_heldout": heldout_r1(res.x0_all, res.x0_baseline_all),
+                                         "heldout_scorer": heldout_scorer_id(),
                                          "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
             record.update({"hardware": _hardware(entry.device, threads), "git": _git_at_import(),
                            "command": "python -m benchmarks.sigma_benchmark finer --threat " + threat + f" --t-c {t_c} "
@@ -364,6 +409,82 @@ def run_finer(threat: str, t_c: int, constants: list[float], threads: int = 1, p
     finally:
         torch.set_num_threads(previous)
     return record
+
+
+def backfill_heldout(threat: str, t_c: int, results_dir: Path = RESULTS_DIR, finer_dir: Path = FINER_DIR,
+                     checkpoint_dir: Path = CHECKPOINT_DIR, threads: int = 1, progress: bool = True) -> list[str]:  # fmt: skip
+    """Add the held-out scorer's per-sample r_1 (:func:`heldout_r1`) to a cell's entries made before it existed.
+
+    Re-evaluates each agent entry of the cell (its stored policy; nothing is trained) and the cell's best constant (by
+    the env's scorer, over the reference grid and the `finer` constants) on the entry's own samples, checks that the
+    env's scorer gives back the stored per-sample r_1 (max abs difference <= 1e-3), and writes ``r1_heldout`` and
+    ``heldout_scorer`` into the JSON (atomic; everything else kept). Stale entries and entries that already hold this
+    scorer's rows are skipped. Returns one line per entry filled or skipped.
+
+    Raises:
+        FileNotFoundError: without the held-out scorer, or an agent entry without its policy checkpoint.
+        RuntimeError: when an entry's r_1 is not reproduced (nothing of that entry is written).
+    """
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.ppo_sigma import SB3SigmaPolicy
+    from agents.reference import ConstantAction
+
+    hid = heldout_scorer_id()
+    if hid is None:
+        raise FileNotFoundError("no held-out levels scorer; build it with `python scripts/train_levels_scorer.py "
+                                "--seed 1 --out robust_envs/assets/levels_scorer_heldout`")  # fmt: skip
+    cell_dir = Path(results_dir) / threat / f"tc{t_c}"
+    done: list[str] = []
+
+    def evaluate(name: str, policy: Any, entry: SigmaEntry, stored: list[float]) -> list[float] | None:
+        res = evaluate_policy(name, policy, entry.env_kwargs(), entry.n_eval, 250, entry.eval_seed, progress=progress)
+        gap = float(np.abs(np.asarray(res.r1, dtype=np.float64) - np.asarray(stored, dtype=np.float64)).max())
+        if gap > 1e-3:
+            raise RuntimeError(f"{entry.name} ({name}): r_1 not reproduced (max abs difference {gap:.2e} > 1e-3); "
+                               "rerun the entry with `run` instead")  # fmt: skip
+        return heldout_r1(res.x0_all, res.x0_baseline_all)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        paths = sorted(cell_dir.glob("*.json"))
+        records = {p: json.loads(p.read_text()) for p in paths}
+        for path, rec in records.items():
+            if rec.get("kind") != "agent":
+                continue
+            if (why := stale_reason(rec)) or rec.get("heldout_scorer") == hid:
+                done.append(f"{rec.get('name')}: skipped ({why or 'already filled'})")
+                continue
+            entry = dataclasses.replace(_current_entry(rec), results_dir=str(results_dir), checkpoint_dir=str(checkpoint_dir))
+            ckpt = entry.checkpoint_path()
+            if not ckpt.is_dir():
+                raise FileNotFoundError(f"{entry.name}: no policy checkpoint at {ckpt}; rerun the entry with `run`")
+            policy = SB3SigmaPolicy.load(ckpt, rec["train_args"]["algo"])
+            rec.update(r1_heldout=evaluate(rec["agent"], policy, entry, rec["r1"]), heldout_scorer=hid)
+            atomic_write_json(path, rec)
+            done.append(f"{entry.name}: filled")
+        ref_path = cell_dir / "reference.json"
+        ref = records.get(ref_path)
+        if not ref or stale_reason(ref):
+            return done + [f"{threat}/tc{t_c}/reference: missing or stale; its constants are not filled"]
+        entry = dataclasses.replace(_current_entry(ref), results_dir=str(results_dir))
+        consts: dict[str, tuple[dict[str, Any], Path, dict[str, Any]]] = {
+            r["schedule"]: (r, ref_path, ref) for r in ref["rows"] if r["schedule"].startswith("a=") and "r1" in r}
+        finer_path = Path(finer_dir) / f"{threat}_tc{t_c}.json"
+        finer = read_json_or_warn(finer_path, "rerun `finer`") if finer_path.is_file() else None
+        if isinstance(finer, dict) and finer.get("weights") == ref.get("weights"):
+            consts.update({k: (v, finer_path, finer) for k, v in finer["constants"].items()})
+        if not consts:
+            return done
+        name, (row, path, owner) = max(consts.items(), key=lambda kv: kv[1][0]["mean_r1"])
+        if row.get("r1_heldout") and row.get("heldout_scorer", owner.get("heldout_scorer")) == hid:
+            return done + [f"{threat}/tc{t_c} best constant {name}: skipped (already filled)"]
+        row.update(r1_heldout=evaluate(name, ConstantAction(float(name[2:])), entry, row["r1"]), heldout_scorer=hid)
+        atomic_write_json(path, owner)
+        done.append(f"{threat}/tc{t_c} best constant {name}: filled ({path.name})")
+    finally:
+        torch.set_num_threads(previous)
+    return done
 
 
 def _finer_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path) -> list[str]:
@@ -390,6 +511,49 @@ def _finer_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path) 
         lines.append(f"- `{threat}`, t_c {t_c}: {txt} (best {best}); paired agent - {best}: "
                      + ("; ".join(pairs) or "no agent entry on these weights") + f". `{rec.get('command', '')}`.")  # fmt: skip
     return lines
+
+
+def _heldout_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path) -> list[str]:
+    """Per agent seed: the paired difference to the best constant (by the env's scorer, reference grid and finer
+    constants) under the env's scorer and under the held-out scorer (:func:`heldout_r1`), same samples.
+    """
+    from agents.evaluate_sigma import _ci95
+
+    def ci(diff: np.ndarray) -> str:
+        lo, hi = _ci95(diff)
+        return f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+    rows = []
+    for (threat, t_c), cell in sorted(cells.items()):
+        ref = cell["reference"] or {}
+        consts = {r["schedule"]: {"heldout_scorer": ref.get("heldout_scorer"), **r}
+                  for r in ref.get("rows", []) if r["schedule"].startswith("a=")}  # fmt: skip
+        path = Path(finer_dir) / f"{threat}_tc{t_c}.json"
+        finer = read_json_or_warn(path, "rerun `finer`") if path.is_file() else None
+        if isinstance(finer, dict) and ref and finer.get("weights") == ref.get("weights"):
+            consts.update(finer.get("constants", {}))
+        consts = {k: v for k, v in consts.items() if v.get("r1_heldout") and v.get("r1")}
+        if not consts:
+            continue
+        name, best = max(consts.items(), key=lambda kv: kv[1]["mean_r1"])
+        b, bh = np.asarray(best["r1"], dtype=np.float64), np.asarray(best["r1_heldout"], dtype=np.float64)
+        for agent, recs in sorted(cell["agents"].items()):
+            for r in sorted(recs, key=lambda r: r["seed"]):
+                if not r.get("r1_heldout") or r.get("heldout_scorer") != best.get("heldout_scorer"):
+                    continue
+                a, ah = np.asarray(r["r1"], dtype=np.float64), np.asarray(r["r1_heldout"], dtype=np.float64)
+                rows.append(f"| `{threat}` | {t_c} | {agent} | {r['seed']} | {name} | {bh.mean():+.3f} | {ah.mean():+.3f} | "
+                            f"{ci(a - b[: len(a)])} | {ci(ah - bh[: len(ah)])} |")  # fmt: skip
+    if not rows:
+        return []
+    return ["", "## Held-out scorer (reward over-optimisation check)", "",
+            "The same final images scored by a replicate of the env's scorer that no agent trained on (same recipe and "
+            "data, seed 1: `evaluator=\"levels_heldout\"`, `robust_envs/assets/levels_scorer_heldout`). Paired to the "
+            "best constant (by the env's scorer, finer constants included) on the same samples; a gain under the env's "
+            "scorer that the held-out one does not see is specific to the scorer's weights, not to the images.", "",
+            "| threat | t_c | agent | seed | best constant | its r_1 (held-out) | agent r_1 (held-out) | "
+            "paired agent - best (env scorer) | paired agent - best (held-out scorer) |",
+            "|---|---|---|---|---|---|---|---|---|", *rows]  # fmt: skip
 
 
 def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
@@ -594,6 +758,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
               "see the asset card). A schedule that raises r_1 but moves KID / FID the wrong way is gaming the "
               "scorer.", ""]  # fmt: skip
     lines += _independent_table(cells)
+    lines += _heldout_lines(cells, FINER_DIR if results_dir == RESULTS_DIR else Path(results_dir).parent / "sigma_finer")
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -802,6 +967,10 @@ def main(argv: list[str] | None = None) -> None:
     fin.add_argument("--t-c", type=int, default=20)
     fin.add_argument("--constants", type=float, nargs="+", default=[0.8, 0.85, 0.9, 0.95])
     fin.add_argument("--threads", type=int, default=1)
+    hel = sub.add_parser("heldout", help="add the held-out scorer's r_1 to a cell's entries (no training)")
+    hel.add_argument("--threat", default="shift", choices=sorted(THREATS))
+    hel.add_argument("--t-c", type=int, default=20)
+    hel.add_argument("--threads", type=int, default=1)
     rep = sub.add_parser("report", help="regenerate docs/sigma_benchmark.md and the figure")
     rep.add_argument("--results-dir", default=str(RESULTS_DIR))
     rep.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
@@ -809,6 +978,10 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "finer":
         rec = run_finer(ns.threat, ns.t_c, ns.constants, threads=ns.threads)
         print({k: round(v["mean_r1"], 4) for k, v in rec["constants"].items()})
+        print(build_report())
+        return
+    if ns.command == "heldout":
+        print("\n".join(backfill_heldout(ns.threat, ns.t_c, threads=ns.threads)))
         print(build_report())
         return
     if ns.command == "report":

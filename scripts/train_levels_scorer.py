@@ -13,9 +13,15 @@ grey images. Training data, all from Fashion-MNIST *train*:
 The card measures it on held-out Fashion-MNIST *test* images: the mean score per degradation and grade,
 which must fall monotonically with the grade.
 
-Usage (the command that made the embedded asset)::
+Usage (the commands that made the embedded scorer and its held-out replicate, ``evaluator="levels_heldout"``)::
 
     python scripts/train_levels_scorer.py --seed 0
+    python scripts/train_levels_scorer.py --seed 1 --out robust_envs/assets/levels_scorer_heldout
+
+The replicate differs only in the seed (initialisation, data draws); both were trained on the x0 predictions of the
+same UNet weights (``unet_weights`` in ``training.json``). It exists to check that a schedule's gain is not
+specific to one scorer's weights (reward over-optimisation): a gain the agent earns by exploiting the scorer it
+trains on need not carry over to a scorer of the same recipe it never saw.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from robust_envs.data import load_fashion_mnist  # noqa: E402
 from robust_envs.diffusion import load_noise_model, model_timestep, predict_x0  # noqa: E402
+from robust_envs.diffusion.models import model_weights_id  # noqa: E402
 from robust_envs.quality.levels import EMBEDDED_LEVELS_SCORER, LEVELS, LevelsEvaluator, LevelsNet  # noqa: E402
 
 NOISE_BANDS = [(0.30, 0.60), (0.16, 0.30), (0.08, 0.16), (0.03, 0.08)]  # level 1..4
@@ -173,10 +180,12 @@ def main(args: Args) -> None:
         "clean_mean_score": rows["clean (level 5)"],
         "degraded_mean_score": table,
         "monotone_in_grade": monotone,
+        "unet_weights": model_weights_id("embedded"),
     }
     (out / "training.json").write_text(json.dumps(record, indent=2))
     lines = [
-        "# Embedded levels scorer",
+        "# Embedded levels scorer" if out.resolve() == EMBEDDED_LEVELS_SCORER.resolve()
+        else f"# Levels scorer, seed {args.seed} (held-out replicate of the embedded scorer's recipe)",
         "",
         "A Q-Align-style quality evaluator for 28 x 28 grey images: a small CNN (`robust_envs.quality.LevelsNet`,",
         f"{sum(p.numel() for p in net.parameters()):,} parameters) predicts one of five levels (bad, poor, fair, good,",
@@ -186,6 +195,7 @@ def main(args: Args) -> None:
         f"- Seed: {args.seed}; {args.epochs} epochs of batch {args.batch_size}; wall time {wall:.0f} s on {record['hardware']}",
         "- Data: Fashion-MNIST train (60,000 images); level 5 = real, levels 4..1 = graded Gaussian noise, Gaussian",
         "  blur and the embedded diffusion model's x0 predictions (bands in `scripts/train_levels_scorer.py`).",
+        f"- UNet whose x0 predictions it saw: `{record['unet_weights']}`",
         "",
         f"## Measured on {args.n_eval} held-out Fashion-MNIST test images",
         "",

@@ -199,7 +199,7 @@ def test_bad_vector_actions_raise(kwargs) -> None:
         ({"t_c": 0}, r"t_c must be in \[1, T=1000\], got 0"),
         ({"t_c": 1001}, r"t_c must be in \[1, T=1000\], got 1001"),
         ({"stride": 0}, "stride must be >= 1, got 0"),
-        ({"evaluator": "no_such_metric"}, "unknown evaluator 'no_such_metric'; valid: 'levels', 'qalign'"),
+        ({"evaluator": "no_such_metric"}, "unknown evaluator 'no_such_metric'; valid: 'levels', 'levels_heldout', 'qalign'"),
         ({"attack": "pgd"}, r"attack must be one of \('gaussian', 'none', 'shift', 'adaptive', 'state'\)"),
         ({"attack": "shift"}, r"attack='shift' needs attack_budget > 0, got 0.0"),
         ({"attack": "adaptive", "attack_budget": 1.0, "attack_grid": 3}, "attack_grid must be an even int >= 2, got 3"),

@@ -24,6 +24,24 @@ def test_levels_scorer_prefers_clean_to_degraded_images() -> None:
     assert big.shape == (4,) and ((big >= 1) & (big <= 5)).all()
 
 
+def test_heldout_scorer_is_a_replicate_with_its_own_weights() -> None:
+    """`levels_heldout`: the same recipe with another seed. It ranks clean above noisy images like the embedded
+    scorer, agrees with it on which images are better, yet is not the same network (else it checks nothing)."""
+    from scipy.stats import spearmanr
+
+    from robust_envs.data import load_fashion_mnist
+
+    main, heldout = make_evaluator("levels"), make_evaluator("levels_heldout")
+    assert heldout.name == "levels_heldout" and main.name == "levels"
+    x = load_fashion_mnist("test").float_images()[:200]
+    std = torch.linspace(0.0, 0.5, 200).view(-1, 1, 1, 1)  # from clean to heavily noised
+    mixed = (x + std * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    q_main, q_heldout = main(mixed), heldout(mixed)
+    assert q_heldout[:20].mean() > 4.0 and q_heldout[-20:].mean() < 2.0
+    assert spearmanr(q_main.numpy(), q_heldout.numpy()).statistic > 0.8
+    assert (q_main - q_heldout).abs().max() > 1e-3
+
+
 def test_evaluator_validates_input() -> None:
     evaluator = make_evaluator("levels")
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
@@ -45,7 +63,7 @@ def test_pyiqa_piqe_maps_onto_one_to_five() -> None:
 
 
 def test_unknown_evaluator_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; valid: 'levels', 'qalign'.*piqe"):
+    with pytest.raises(ValueError, match=r"unknown evaluator 'nope'; valid: 'levels', 'levels_heldout', 'qalign'.*piqe"):
         make_evaluator("nope")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks import sigma_benchmark as sb
 
@@ -189,3 +190,77 @@ def test_finer_constants_pair_with_the_cell_and_resume(tiny_unet_dir, tmp_path: 
     assert "--constants 0 0.5 1" in again["command"]
     with pytest.raises(ValueError, match=r"constants must be in \[0, 1\], got \[1.5\]"):
         sb.run_finer("seed", 2, [1.5], finer_dir=tmp_path, **kw)
+
+
+def test_heldout_scorer_rows_pair_agents_with_the_best_constant(tmp_path: Path) -> None:
+    """The held-out scorer check: per-sample r_1 under the replicate scorer, paired to the best constant (by the
+    env's scorer, finer constants included) in the report; rows of another held-out scorer are not compared."""
+    from robust_envs.quality import make_evaluator
+
+    rng = np.random.default_rng(0)
+    x0 = rng.random((6, 1, 28, 28), dtype=np.float32)
+    base = rng.random((6, 1, 28, 28), dtype=np.float32)
+    scorer = make_evaluator("levels_heldout")
+    assert scorer.name == "levels_heldout"
+    expected = (scorer(torch.as_tensor(x0)) - scorer(torch.as_tensor(base))).numpy()
+    np.testing.assert_allclose(sb.heldout_r1(x0, base), expected, atol=1e-5)
+    assert sb.heldout_r1(x0, x0) == [0.0] * 6
+    assert sb.heldout_r1(x0[:, :, :8, :8], base[:, :, :8, :8]) is None  # not the scorer's image size
+    with pytest.raises(ValueError, match=r"x0 \(6, 1, 28, 28\) and x0_baseline \(5, 1, 28, 28\)"):
+        sb.heldout_r1(x0, base[:5])
+    hid = sb.heldout_scorer_id()
+    assert hid is not None and hid.startswith("sha256:")
+    ref = {"kind": "reference", "threat": "shift", "t_c": 20, "weights": {"model": "m"}, "heldout_scorer": hid,
+           "rows": [{"schedule": "a=0.5", "mean_r1": 0.1, "r1": [0.1, 0.1, 0.1], "r1_heldout": [0.2, 0.0, 0.1]},
+                    {"schedule": "a=1", "mean_r1": 0.2, "r1": [0.2, 0.1, 0.3], "r1_heldout": [0.1, 0.1, 0.1]}]}  # fmt: skip
+    agent = {"kind": "agent", "agent": "ppo_q", "seed": 0, "threat": "shift", "t_c": 20, "heldout_scorer": hid,
+             "r1": [0.3, 0.2, 0.4], "r1_heldout": [0.1, 0.2, 0.3]}  # fmt: skip
+    other = {**agent, "seed": 1, "heldout_scorer": "sha256:other"}
+    lines = sb._heldout_lines(sb._cells([ref, agent, other]), tmp_path)
+    text = "\n".join(lines)
+    # env scorer: agent - a=1 is +0.1 on every sample; held-out: 0, 0.1, 0.2 (t CI with 2 degrees of freedom)
+    assert "| `shift` | 20 | ppo_q | 0 | a=1 | +0.100 | +0.200 | +0.100 [+0.100, +0.100] | +0.100 [-0.148, +0.348] |" in text
+    assert "| ppo_q | 1 |" not in text  # another held-out scorer's rows are not paired
+    # a finer constant better by the env's scorer becomes the best constant
+    (tmp_path / "shift_tc20.json").write_text(json.dumps({"weights": {"model": "m"}, "constants": {
+        "a=0.9": {"mean_r1": 0.25, "r1": [0.25, 0.25, 0.25], "r1_heldout": [0.0, 0.0, 0.0], "heldout_scorer": hid}}}))
+    assert "| ppo_q | 0 | a=0.9 | +0.000 | +0.200 |" in "\n".join(sb._heldout_lines(sb._cells([ref, agent]), tmp_path))
+    assert sb._heldout_lines(sb._cells([agent]), tmp_path / "none") == []  # no reference: nothing to pair with
+
+
+@pytest.mark.slow
+def test_heldout_backfill_reproduces_r1_and_refuses_a_mismatch(tmp_path: Path, one_thread) -> None:
+    """`heldout` adds the held-out scorer's rows to entries made without them: it re-evaluates the stored policy and
+    the best constant, checks the env scorer's r_1 is given back, and writes nothing when it is not."""
+    args = ["run", "--agents", "ppo", "--t-c", "2", "--threats", "shift", "--seeds", "0", "--stride", "400",
+            "--n-eval", "3", "--timesteps", "16", "--results-dir", str(tmp_path / "results"),
+            "--checkpoint-dir", str(tmp_path / "ckpt")]  # fmt: skip
+    sb.main(args)  # embedded model and scorer: 1 x 28 x 28 images, so the held-out rows are filled
+    cell = tmp_path / "results" / "shift" / "tc2"
+    ppo, ref = json.loads((cell / "ppo_seed0.json").read_text()), json.loads((cell / "reference.json").read_text())
+    assert len(ppo["r1_heldout"]) == 3 and ppo["heldout_scorer"] == sb.heldout_scorer_id()
+    assert all(len(r["r1_heldout"]) == 3 for r in ref["rows"])
+    best = max((r for r in ref["rows"] if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
+    made = {"ppo": list(ppo["r1_heldout"]), "best": list(best["r1_heldout"])}
+    for rec, path in ((ppo, cell / "ppo_seed0.json"), (ref, cell / "reference.json")):  # as made before the scorer
+        rec.pop("heldout_scorer")
+        for row in [rec, *rec.get("rows", [])]:
+            row.pop("r1_heldout", None)
+        path.write_text(json.dumps(rec))
+    kw = {"results_dir": tmp_path / "results", "finer_dir": tmp_path / "finer", "checkpoint_dir": tmp_path / "ckpt",
+          "progress": False}  # fmt: skip
+    lines = sb.backfill_heldout("shift", 2, **kw)
+    assert "shift/tc2/ppo_seed0: filled" in lines and any(f"best constant {best['schedule']}: filled" in x for x in lines)
+    filled = json.loads((cell / "ppo_seed0.json").read_text())
+    np.testing.assert_allclose(filled["r1_heldout"], made["ppo"], atol=1e-5)  # the rows the run itself made
+    row = next(r for r in json.loads((cell / "reference.json").read_text())["rows"] if r["schedule"] == best["schedule"])
+    np.testing.assert_allclose(row["r1_heldout"], made["best"], atol=1e-5)
+    assert row["heldout_scorer"] == sb.heldout_scorer_id()
+    assert "already filled" in " ".join(sb.backfill_heldout("shift", 2, **kw))  # nothing to do twice
+    filled.pop("heldout_scorer")
+    filled["r1"] = [v + 0.5 for v in filled["r1"]]  # a stored r_1 the policy does not give back
+    (cell / "ppo_seed0.json").write_text(json.dumps(filled))
+    before = (cell / "ppo_seed0.json").read_bytes()
+    with pytest.raises(RuntimeError, match=r"shift/tc2/ppo_seed0 \(ppo\): r_1 not reproduced"):
+        sb.backfill_heldout("shift", 2, **kw)
+    assert (cell / "ppo_seed0.json").read_bytes() == before

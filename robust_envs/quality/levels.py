@@ -19,10 +19,13 @@ from torch import nn
 
 from robust_envs.quality.base import QualityEvaluator
 
-__all__ = ["EMBEDDED_LEVELS_SCORER", "LEVELS", "LevelsEvaluator", "LevelsNet"]
+__all__ = ["EMBEDDED_LEVELS_SCORER", "HELDOUT_LEVELS_SCORER", "LEVELS", "LevelsEvaluator", "LevelsNet"]
 
 LEVELS = ("bad", "poor", "fair", "good", "excellent")
 EMBEDDED_LEVELS_SCORER = Path(__file__).resolve().parents[1] / "assets" / "levels_scorer"
+#: The same recipe with another seed (``evaluator="levels_heldout"``): a scorer no agent trains on, to check that a
+#: gain measured by the embedded scorer is not specific to its weights (reward over-optimisation).
+HELDOUT_LEVELS_SCORER = EMBEDDED_LEVELS_SCORER.parent / "levels_scorer_heldout"
 
 
 class LevelsNet(nn.Module):
@@ -67,17 +70,20 @@ class LevelsEvaluator(QualityEvaluator):
         from safetensors.torch import load_file
 
         path = Path(path)
+        if path.resolve() == HELDOUT_LEVELS_SCORER.resolve():
+            self.name = "levels_heldout"
         weights = path / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(
                 f"levels scorer weights not found at {weights}; rebuild them with "
-                "`python scripts/train_levels_scorer.py` (needs the embedded noise network)"
+                f"`python scripts/train_levels_scorer.py{_rebuild_args(path)}` (needs the embedded noise network)"
             )
         config: dict = {}
         if (path / "config.json").is_file():
             from robust_envs.fileio import read_json
 
-            config = read_json(path / "config.json", hint="rebuild it with `python scripts/train_levels_scorer.py`")
+            hint = f"rebuild it with `python scripts/train_levels_scorer.py{_rebuild_args(path)}`"
+            config = read_json(path / "config.json", hint=hint)
         self.net = LevelsNet(width=int(config.get("width", 32)))
         try:
             self.net.load_state_dict(load_file(str(weights)))
@@ -93,3 +99,9 @@ class LevelsEvaluator(QualityEvaluator):
         if x.shape[-2:] != (28, 28):
             x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False, antialias=True)
         return LevelsNet.expected_level(self.net(x))
+
+
+def _rebuild_args(path: Path) -> str:
+    if path.resolve() == HELDOUT_LEVELS_SCORER.resolve():
+        return " --seed 1 --out robust_envs/assets/levels_scorer_heldout"
+    return "" if path.resolve() == EMBEDDED_LEVELS_SCORER.resolve() else f" --out {path}"
