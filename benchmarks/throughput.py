@@ -11,6 +11,10 @@ two timed in alternation episode by episode, and the episode floor (the prefix's
 at t_c on N, then t_c - 1 forwards and t_c scorer calls on 2N). ``--threads`` sets torch's thread count (the
 benchmark grid and the learners run one thread per process).
 
+``--pool-startup P ...`` measures what ``prefix_pool_dir`` saves a fresh process: the time until a new env holds
+its whole pool of P entries (its first reset), computed and written to the folder, against read back from it
+(the process cache cleared in between, as in a new process). ``--startup-only`` keeps the other tables of the JSON.
+
 Results go to ``benchmarks/results/throughput.json`` and ``docs/throughput.md`` (generated).
 
 Usage::
@@ -125,6 +129,29 @@ def episode_floor(kwargs: dict[str, Any], n: int, repeats: int = 2) -> dict[str,
     return {"prefix_s": k * per_forward_n, "steps_s": steps_s, "episode_s": k * per_forward_n + steps_s}
 
 
+def pool_startup(kwargs: dict[str, Any], pool: int, num_envs: int) -> dict[str, Any]:
+    """Seconds (of ``_CLOCK``) until a fresh env with ``prefix_pool=pool`` and ``prefix_pool_dir`` has finished its
+    first reset: once computing the whole pool and writing it, once reading it back (process cache cleared before
+    each, as in a new process); plus the file's size in MB.
+    """
+    import tempfile
+
+    from robust_envs.envs.ddim_sigma import PREFIX_CACHE
+
+    out: dict[str, Any] = {"t_c": kwargs["t_c"], "pool": pool, "num_envs": num_envs}
+    with tempfile.TemporaryDirectory() as folder:
+        for key in ("compute_s", "read_s"):
+            PREFIX_CACHE.clear()
+            env = DDIMSigmaVectorEnv(num_envs=num_envs, prefix_pool=pool, prefix_pool_dir=folder, **kwargs)
+            start = _CLOCK()
+            env.reset(seed=0)
+            out[key] = _CLOCK() - start
+            out["file_mb"] = env.sim.pool_file().stat().st_size / 2**20
+            env.close()
+    PREFIX_CACHE.clear()
+    return out
+
+
 def render(data: dict[str, Any]) -> str:
     """Markdown report generated from the JSON."""
     m = data["meta"]
@@ -165,6 +192,20 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "The pool trades x_T diversity for speed: P pool entries give P distinct x_{t_c} per configuration "
                   "(the steps from t_c down keep their own random draws). The learners train with P = 256; every "
                   "evaluation uses fresh x_T (the exact prefix cache)."]  # fmt: skip
+    if data.get("startup_rows"):
+        lines += ["", "### Pool start-up: computed once, then read from `prefix_pool_dir`", "",
+                  "Time until a fresh env holds its whole pool (its first reset), once computing the P prefixes and "
+                  "writing them, once reading them back as a new process would (process cache cleared)."
+                  + (f" Measured by `python -m benchmarks.throughput {m['startup_argv']}` ({m['startup_hardware']})."
+                     if m.get("startup_argv") else ""), "",
+                  "| t_c | pool P | num_envs | compute + write (s) | read (s) | speed-up | file (MB) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in data["startup_rows"]:
+            lines.append(f"| {r['t_c']} | {r['pool']} | {r['num_envs']} | {r['compute_s']:.2f} | {r['read_s']:.3f} | "
+                         f"{r['compute_s'] / r['read_s']:.0f}x | {r['file_mb']:.1f} |")  # fmt: skip
+        lines += ["", "The file is keyed by the network's weights (sha256 of the state dict), the schedule, t_c, stride, "
+                  "baseline sigma, defence, shape, P and the seed base: a retrained model or another configuration "
+                  "gets its own file; an unreadable or mismatched file is named in a warning and rewritten."]  # fmt: skip
     lines += ["", "What a faster forward would give (channels_last, torch.compile, CUDA graphs, autocast), measured on the "
               "network alone: [unet_speed.md](unet_speed.md).", "", "GPU table: pending (no GPU has run this benchmark yet)."]
     return "\n".join(lines) + "\n"
@@ -185,6 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-sync", action="store_true", help="only the per-episode (prefix pool) table")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="time rates in wall or process CPU time")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--pool-startup", type=int, nargs="*", default=[],
+                        help="pool sizes P whose start-up from prefix_pool_dir is measured (at each --pool-t-c)")
+    parser.add_argument("--startup-only", action="store_true", help="only the pool start-up rows; other tables kept")
     ns = parser.parse_args(argv)
     if ns.threads is not None:
         if ns.threads < 1:
@@ -193,6 +237,26 @@ def main(argv: list[str] | None = None) -> None:
     global _CLOCK
     _CLOCK = time.perf_counter if ns.clock == "wall" else time.process_time
     kwargs = {"t_c": ns.t_c, "stride": ns.stride, "evaluator": ns.evaluator, "model": ns.model, "device": ns.device}
+    argv_text = " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    hardware = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
+                f"{torch.cuda.get_device_name() if _resolve_device(ns.device).type == 'cuda' else 'cpu'}, "
+                f"{ns.clock} clock")  # fmt: skip
+    startup_rows = []
+    for t_c in ns.pool_t_c:
+        for pool in ns.pool_startup:
+            startup_rows.append(pool_startup({**kwargs, "t_c": t_c}, pool, ns.pool_num_envs))
+            print(startup_rows[-1], flush=True)
+    startup = {"startup_rows": startup_rows} if startup_rows else {}
+    startup_meta = {"startup_argv": argv_text, "startup_hardware": hardware} if startup_rows else {}
+    if ns.startup_only:
+        from benchmarks.leaderboard import read_json_or_warn
+
+        old = (read_json_or_warn(RESULTS, "rerun without --startup-only") or {}) if RESULTS.is_file() else {}
+        data = {**old, "meta": {**old.get("meta", {}), **startup_meta}, **startup}
+        RESULTS.write_text(json.dumps(data, indent=2))
+        DOC.write_text(render(data))
+        print(DOC.read_text())
+        return
     rows = []
     for n in [] if ns.skip_sync else ns.num_envs:
         batched = DDIMSigmaVectorEnv(num_envs=n, **kwargs)
@@ -218,7 +282,6 @@ def main(argv: list[str] | None = None) -> None:
         row = {"t_c": t_c, "num_envs": n, "batched": batched, "pooled": pooled_rate, "floor": episode_floor(kw, n)}
         pool_rows.append(row)
         print(row, flush=True)
-    device = _resolve_device(ns.device)
     old_meta: dict[str, Any] = {}
     if ns.skip_sync and RESULTS.is_file():
         from benchmarks.leaderboard import read_json_or_warn
@@ -226,19 +289,18 @@ def main(argv: list[str] | None = None) -> None:
         old = read_json_or_warn(RESULTS, "rerun without --skip-sync to redo the SyncVectorEnv rows") or {}
         rows = old.get("rows", [])
         old_meta = {k: v for k, v in old.get("meta", {}).items() if not k.startswith("pool_")}
-    hardware = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
-                f"{torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {ns.clock} clock")  # fmt: skip
-    argv_text = " ".join(argv if argv is not None else __import__("sys").argv[1:])
+        if not startup and old.get("startup_rows"):  # start-up rows not measured this time: kept with their command
+            startup = {"startup_rows": old["startup_rows"]}
     if ns.skip_sync and old_meta:  # the per-step table keeps the run that measured it
-        meta = {**old_meta, "pool_argv": argv_text, "pool_hardware": hardware}
-        data = {"meta": meta, "rows": rows, "pool_rows": pool_rows}
+        meta = {**old_meta, "pool_argv": argv_text, "pool_hardware": hardware, **startup_meta}
+        data = {"meta": meta, "rows": rows, "pool_rows": pool_rows, **startup}
         RESULTS.write_text(json.dumps(data, indent=2))
         DOC.write_text(render(data))
         print(DOC.read_text())
         return
     meta = {"argv": argv_text, "t_c": ns.t_c, "stride": ns.stride, "episodes": ns.episodes,
-            "evaluator": ns.evaluator, "model": ns.model, "hardware": hardware}  # fmt: skip
-    data = {"meta": meta, "rows": rows, "pool_rows": pool_rows}
+            "evaluator": ns.evaluator, "model": ns.model, "hardware": hardware, **startup_meta}  # fmt: skip
+    data = {"meta": meta, "rows": rows, "pool_rows": pool_rows, **startup}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=2))
     DOC.write_text(render(data))

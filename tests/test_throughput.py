@@ -16,3 +16,19 @@ def test_paired_pool_timing_and_floor(kwargs_tiny, one_thread) -> None:
     assert batched > 0 and pooled_rate > 0 and len(steps) == 2 * kwargs_tiny["t_c"]
     floor = tp.episode_floor({**kwargs_tiny, "stride": kwargs_tiny["stride"]}, 2, repeats=1)
     assert floor["episode_s"] == floor["prefix_s"] + floor["steps_s"] and floor["prefix_s"] > 0
+
+
+def test_pool_startup_reads_back_the_pool_it_wrote(kwargs_tiny, one_thread, monkeypatch) -> None:
+    """The start-up row times a first reset that computes the whole pool and one that reads it from the folder:
+    the second must not run the network's prefix at all (the point of prefix_pool_dir)."""
+    from robust_envs.envs import ddim_sigma
+
+    calls = []
+    real = ddim_sigma.DDIMSigmaSimulator._prefix
+    monkeypatch.setattr(ddim_sigma.DDIMSigmaSimulator, "_prefix", lambda self, g: calls.append(len(g)) or real(self, g))
+    row = tp.pool_startup(kwargs_tiny, pool=3, num_envs=2)
+    assert row["compute_s"] > 0 and row["read_s"] > 0 and row["file_mb"] > 0
+    assert sum(calls) == 3  # the 3 pool entries, computed once; the read-back reset computed none
+    data = {"meta": {"argv": "x", "t_c": 2, "stride": 1, "episodes": 1, "evaluator": "e", "model": "m", "hardware": "h",
+                     "startup_argv": "--pool-startup 3", "startup_hardware": "h"}, "rows": [], "startup_rows": [row]}  # fmt: skip
+    assert "| 3 | 2 |" in tp.render(data) and "--pool-startup 3" in tp.render(data)
