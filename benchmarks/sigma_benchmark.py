@@ -542,8 +542,10 @@ def _heldout_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path
                 if not r.get("r1_heldout") or r.get("heldout_scorer") != best.get("heldout_scorer"):
                     continue
                 a, ah = np.asarray(r["r1"], dtype=np.float64), np.asarray(r["r1_heldout"], dtype=np.float64)
+                d, dh = a - b[: len(a)], ah - bh[: len(ah)]
+                corr = float(np.corrcoef(d, dh)[0, 1]) if len(d) > 2 and min(d.std(), dh.std()) > 1e-9 else float("nan")
                 rows.append(f"| `{threat}` | {t_c} | {agent} | {r['seed']} | {name} | {bh.mean():+.3f} | {ah.mean():+.3f} | "
-                            f"{ci(a - b[: len(a)])} | {ci(ah - bh[: len(ah)])} |")  # fmt: skip
+                            f"{ci(d)} | {ci(dh)} | {corr:+.2f} |")  # fmt: skip
     if not rows:
         return []
     return ["", "## Held-out scorer (reward over-optimisation check)", "",
@@ -552,8 +554,8 @@ def _heldout_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path
             "best constant (by the env's scorer, finer constants included) on the same samples; a gain under the env's "
             "scorer that the held-out one does not see is specific to the scorer's weights, not to the images.", "",
             "| threat | t_c | agent | seed | best constant | its r_1 (held-out) | agent r_1 (held-out) | "
-            "paired agent - best (env scorer) | paired agent - best (held-out scorer) |",
-            "|---|---|---|---|---|---|---|---|---|", *rows]  # fmt: skip
+            "paired agent - best (env scorer) | paired agent - best (held-out scorer) | per-image correlation of the two |",
+            "|---|---|---|---|---|---|---|---|---|---|", *rows]  # fmt: skip
 
 
 def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:

@@ -214,12 +214,12 @@ def test_heldout_scorer_rows_pair_agents_with_the_best_constant(tmp_path: Path) 
            "rows": [{"schedule": "a=0.5", "mean_r1": 0.1, "r1": [0.1, 0.1, 0.1], "r1_heldout": [0.2, 0.0, 0.1]},
                     {"schedule": "a=1", "mean_r1": 0.2, "r1": [0.2, 0.1, 0.3], "r1_heldout": [0.1, 0.1, 0.1]}]}  # fmt: skip
     agent = {"kind": "agent", "agent": "ppo_q", "seed": 0, "threat": "shift", "t_c": 20, "heldout_scorer": hid,
-             "r1": [0.3, 0.2, 0.4], "r1_heldout": [0.1, 0.2, 0.3]}  # fmt: skip
+             "r1": [0.3, 0.2, 0.5], "r1_heldout": [0.1, 0.2, 0.3]}  # fmt: skip
     other = {**agent, "seed": 1, "heldout_scorer": "sha256:other"}
     lines = sb._heldout_lines(sb._cells([ref, agent, other]), tmp_path)
     text = "\n".join(lines)
-    # env scorer: agent - a=1 is +0.1 on every sample; held-out: 0, 0.1, 0.2 (t CI with 2 degrees of freedom)
-    assert "| `shift` | 20 | ppo_q | 0 | a=1 | +0.100 | +0.200 | +0.100 [+0.100, +0.100] | +0.100 [-0.148, +0.348] |" in text
+    # agent - a=1 per sample: env scorer 0.1, 0.1, 0.2; held-out 0, 0.1, 0.2 (t CIs, 2 degrees of freedom; corr 0.87)
+    assert "| a=1 | +0.100 | +0.200 | +0.133 [-0.010, +0.277] | +0.100 [-0.148, +0.348] | +0.87 |" in text
     assert "| ppo_q | 1 |" not in text  # another held-out scorer's rows are not paired
     # a finer constant better by the env's scorer becomes the best constant
     (tmp_path / "shift_tc20.json").write_text(json.dumps({"weights": {"model": "m"}, "constants": {
