@@ -27,7 +27,10 @@ The standard means that make the learner work on this env (each an :class:`Args`
   +0.688, +0.687, +0.566: seed 2 put a ~ 0 at t = 20..18; seed 3: 0.97, +0.642), see ``docs/sigma_tuning.md``: the best mean over
   seeds so far, not yet reliable;
 - resets: ``prefix_pool`` reuses the attack-free strided prefix above ``t_c`` (a pool of ``x_{t_c}``), about
-  halving the cost of an episode at ``t_c = 10``.
+  halving the cost of an episode at ``t_c = 10``;
+- steps: ``baseline_cache`` replays a pool entry's sigma = 0 baseline where it draws nothing (the ``shift`` and
+  ``adaptive`` threats), so a training step runs the network and the scorer on N samples, not 2N (same rewards
+  up to float round-off; ``docs/throughput.md`` measures it). Under seed 000's ``gaussian`` threat it is inert.
 
 Usage::
 
@@ -240,7 +243,8 @@ def make_train_env(args: Args) -> Any:
     from stable_baselines3.common.vec_env import VecMonitor, VecNormalize
 
     venv = gym.make_vec("DDIMSigma-v0", num_envs=args.num_envs, vectorization_mode="vector_entry_point",
-                        autoreset_mode=AutoresetMode.SAME_STEP, prefix_pool=args.prefix_pool, **env_kwargs(args))  # fmt: skip
+                        autoreset_mode=AutoresetMode.SAME_STEP, prefix_pool=args.prefix_pool, baseline_cache=True,
+                        **env_kwargs(args))  # fmt: skip
     # SB3 clips actions to [-1, 1]: the edges map to 0 and 1 exactly
     sb3: Any = SB3VecEnvAdapter(RescaleAction(venv, np.float32(-1.0), np.float32(1.0)))
     if getattr(args, "hold_action", False):

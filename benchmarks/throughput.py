@@ -152,6 +152,32 @@ def pool_startup(kwargs: dict[str, Any], pool: int, num_envs: int) -> dict[str, 
     return out
 
 
+def baseline_cache_row(kwargs: dict[str, Any], num_envs: int, pool: int, episodes: int) -> dict[str, Any]:
+    """Whole episodes per second of the pooled env (``prefix_pool=pool``, the learners' training env) without and
+    with ``baseline_cache``, timed in alternation, once every pool entry's baseline is known (full warm-up
+    episodes); for a threat whose baseline uses no random draw (else the cache holds nothing).
+    """
+    from robust_envs.envs.ddim_sigma import BASELINE_CACHE
+
+    BASELINE_CACHE.clear()
+    plain = DDIMSigmaVectorEnv(num_envs=num_envs, prefix_pool=pool, **kwargs)
+    cached = DDIMSigmaVectorEnv(num_envs=num_envs, prefix_pool=pool, baseline_cache=True, **kwargs)
+    if not cached.sim.baseline_is_deterministic():
+        raise ValueError(f"the baseline of {kwargs.get('attack', 'gaussian')!r} draws per episode: nothing to cache")
+    action = np.full((num_envs, 1), 0.5, dtype=np.float32)
+    for e in range(64):  # warm-up: full episodes until every pool entry's baseline is recorded
+        for venv in (plain, cached):
+            venv.reset(seed=20_000 + num_envs * e)
+            for _ in range(kwargs["t_c"]):
+                venv.step(action)
+        if len(BASELINE_CACHE) >= pool:
+            break
+    rate_plain, rate_cached = paired_episodes_per_second(plain, cached, episodes, kwargs["t_c"], 0)
+    BASELINE_CACHE.clear()
+    return {"t_c": kwargs["t_c"], "num_envs": num_envs, "pool": pool, "attack": kwargs.get("attack"),
+            "attack_budget": kwargs.get("attack_budget"), "pooled": rate_plain, "cached": rate_cached}  # fmt: skip
+
+
 def render(data: dict[str, Any]) -> str:
     """Markdown report generated from the JSON."""
     m = data["meta"]
@@ -206,6 +232,20 @@ def render(data: dict[str, Any]) -> str:
         lines += ["", "The file is keyed by the network's weights (sha256 of the state dict), the schedule, t_c, stride, "
                   "baseline sigma, defence, shape, P and the seed base: a retrained model or another configuration "
                   "gets its own file; an unreadable or mismatched file is named in a warning and rewritten."]  # fmt: skip
+    if data.get("cache_rows"):
+        lines += ["", "### Training episodes with the baseline replayed (`prefix_pool` + `baseline_cache`)", "",
+                  "The learners' training env (`prefix_pool`) under a threat whose sigma = 0 baseline draws nothing "
+                  "(`shift`): once a pool entry's baseline is known it is replayed, so a step runs the network and the "
+                  "scorer on the agent's N samples instead of 2N. Episodes per second, the two envs timed in "
+                  "alternation." + (f" Measured by `python -m benchmarks.throughput {m['cache_argv']}` "
+                                    f"({m['cache_hardware']})." if m.get("cache_argv") else ""), "",
+                  "| threat | t_c | num_envs | pool P | pooled (episodes/s) | pooled + baseline_cache (episodes/s) | speed-up |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in data["cache_rows"]:
+            lines.append(f"| `{r['attack']}` {r['attack_budget']:g} | {r['t_c']} | {r['num_envs']} | {r['pool']} | "
+                         f"{r['pooled']:.3f} | {r['cached']:.3f} | {r['cached'] / r['pooled']:.2f}x |")  # fmt: skip
+        lines += ["", "The benchmark's learners train with it on (`agents/ppo_sigma.py`); under seed 000's `gaussian` "
+                  "threat the baseline depends on each episode's draws and nothing is replayed."]  # fmt: skip
     lines += ["", "What a faster forward would give (channels_last, torch.compile, CUDA graphs, autocast), measured on the "
               "network alone: [unet_speed.md](unet_speed.md).", "", "GPU table: pending (no GPU has run this benchmark yet)."]
     return "\n".join(lines) + "\n"
@@ -229,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-startup", type=int, nargs="*", default=[],
                         help="pool sizes P whose start-up from prefix_pool_dir is measured (at each --pool-t-c)")
     parser.add_argument("--startup-only", action="store_true", help="only the pool start-up rows; other tables kept")
+    parser.add_argument("--cache-shift", type=float, default=None,
+                        help="measure pooled training episodes without / with baseline_cache under a shift of this "
+                        "many timesteps (at each --pool-t-c); with --startup-only, only these and the start-up rows")
     ns = parser.parse_args(argv)
     if ns.threads is not None:
         if ns.threads < 1:
@@ -246,8 +289,16 @@ def main(argv: list[str] | None = None) -> None:
         for pool in ns.pool_startup:
             startup_rows.append(pool_startup({**kwargs, "t_c": t_c}, pool, ns.pool_num_envs))
             print(startup_rows[-1], flush=True)
+    cache_rows = []
+    for t_c in ns.pool_t_c if ns.cache_shift is not None else []:
+        kw_shift = {**kwargs, "t_c": t_c, "attack": "shift", "attack_budget": ns.cache_shift}
+        cache_rows.append(baseline_cache_row(kw_shift, ns.pool_num_envs, 256, ns.episodes))
+        print(cache_rows[-1], flush=True)
     startup = {"startup_rows": startup_rows} if startup_rows else {}
     startup_meta = {"startup_argv": argv_text, "startup_hardware": hardware} if startup_rows else {}
+    if cache_rows:
+        startup["cache_rows"] = cache_rows
+        startup_meta.update(cache_argv=argv_text, cache_hardware=hardware)
     if ns.startup_only:
         from benchmarks.leaderboard import read_json_or_warn
 
@@ -289,8 +340,9 @@ def main(argv: list[str] | None = None) -> None:
         old = read_json_or_warn(RESULTS, "rerun without --skip-sync to redo the SyncVectorEnv rows") or {}
         rows = old.get("rows", [])
         old_meta = {k: v for k, v in old.get("meta", {}).items() if not k.startswith("pool_")}
-        if not startup and old.get("startup_rows"):  # start-up rows not measured this time: kept with their command
-            startup = {"startup_rows": old["startup_rows"]}
+        for key in ("startup_rows", "cache_rows"):  # rows not measured this time: kept with their command
+            if key not in startup and old.get(key):
+                startup[key] = old[key]
     if ns.skip_sync and old_meta:  # the per-step table keeps the run that measured it
         meta = {**old_meta, "pool_argv": argv_text, "pool_hardware": hardware, **startup_meta}
         data = {"meta": meta, "rows": rows, "pool_rows": pool_rows, **startup}

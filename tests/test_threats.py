@@ -199,6 +199,46 @@ def test_mirror_baseline_runs_the_baseline_alone(kwargs_tiny, cached) -> None:
     assert not np.allclose(paired[0], 0.0)
 
 
+@pytest.mark.parametrize("threat", [{"attack": "shift", "attack_budget": 2.0}, {}])
+def test_baseline_cache_replays_pool_entries_whose_baseline_draws_nothing(kwargs_tiny, threat) -> None:
+    """With ``prefix_pool``, a pool entry's baseline is replayed when it uses no random draw (``shift``): the same
+    rewards, infos and x_0 as without the cache, the replayed episode's network calls on N samples only. Under
+    seed 000's ``gaussian`` threat the baseline depends on the episode's draws: nothing is cached."""
+    n = 3
+    rng = np.random.default_rng(1)
+    episodes = [rng.uniform(0, 1, (4, n, 1)).astype(np.float32) for _ in range(4)]
+    kw = {**kwargs_tiny, **threat, "prefix_pool": 2}
+
+    def run(**extra):
+        venv = DDIMSigmaVectorEnv(num_envs=n, **{**kw, **extra})
+        out, calls = [], []
+        for e, actions in enumerate(episodes):
+            hook = venv.sim.model.unet.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+            try:
+                venv.reset(seed=40 + n * e)
+                for a in actions:
+                    obs, r, _, _, info = venv.step(a)
+                    out += [obs["x_t"], r, info["q_agent"], info["q_baseline"]]
+            finally:
+                hook.remove()
+            out += [venv.sim.x0_agent.numpy(), venv.sim.x0_baseline.numpy()]
+            calls.append(-1)  # episode boundary
+        return out, calls, venv
+
+    plain, _, _ = run()
+    BASELINE_CACHE.clear()
+    cached, calls, venv = run(baseline_cache=True)
+    for want, got in zip(plain, cached, strict=True):
+        np.testing.assert_allclose(want, got, atol=1e-5)
+    per_episode = " ".join(map(str, calls)).split("-1")[:-1]
+    assert venv.sim.baseline_is_deterministic() == (threat != {})
+    if threat:
+        assert len(BASELINE_CACHE) == 2 and BASELINE_CACHE.hits >= n  # both pool entries known, then replayed
+        assert any(set(map(int, ep.split())) == {n} for ep in per_episode)  # a replayed episode: N samples only
+    else:
+        assert len(BASELINE_CACHE) == 0 and all(str(2 * n) in ep.split() for ep in per_episode)
+
+
 def test_baseline_cache_keys_on_the_configuration(kwargs_tiny) -> None:
     BASELINE_CACHE.clear()
     actions = np.full((2, 1), 0.5, dtype=np.float32)

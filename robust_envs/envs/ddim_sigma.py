@@ -253,7 +253,8 @@ class DDIMSigmaSimulator:
     ``POOL_SEED_BASE + j``), chosen by the episode's generator, which then goes on with its own draws: only ``P``
     distinct ``x_T`` per configuration, the steps from ``t_c`` down stay stochastic per episode.
 
-    ``baseline_cache=True`` (off by default; seeded resets only) replays the sigma = 0 baseline of an episode seed
+    ``baseline_cache=True`` (off by default; seeded resets, or pool entries whose baseline draws nothing: see
+    :meth:`baseline_is_deterministic`) replays the sigma = 0 baseline of an episode seed
     seen before with the same configuration (:class:`BaselineCache`): steps then run the network and the evaluator
     on the N agent samples only. Exact up to float round-off between batch compositions (~1e-6).
 
@@ -457,11 +458,23 @@ class DDIMSigmaSimulator:
         self.x0_baseline = self.x0_agent.clone()
         self._q_now: torch.Tensor | None = None  # Q of x0_agent, scored when asked (quality_now)
         self._replay = self._record = None
+        keys: list[tuple] | None = None
         if self.baseline_cache and torch_seeds is not None and self.prefix_pool == 0:
             keys = [(self._baseline_config(), int(s)) for s in torch_seeds]
+        elif self.baseline_cache and self.prefix_pool > 0 and self.baseline_is_deterministic():
+            keys = [(self._baseline_config(), "pool", j) for j in self.pool_index or []]
+        if keys is not None:
             self._replay = BASELINE_CACHE.get_all(keys)
             if self._replay is None:
                 self._record = (keys, [])
+
+    def baseline_is_deterministic(self) -> bool:
+        """True when the baseline's trajectory below ``t_c`` is a function of ``x_{t_c}`` alone: baseline sigma 0
+        (no ``z``) and a threat that uses no random draw (``"none"``, ``"shift"``, ``"adaptive"``; seed 000's
+        ``"gaussian"`` and ``"state"`` draw per episode). Then a pool entry's baseline can be replayed whatever
+        the episode (``baseline_cache`` with ``prefix_pool``).
+        """
+        return self.baseline_sigma == 0.0 and (not self.attack.active or self.attack.kind in ("shift", "adaptive"))
 
     def _baseline_config(self) -> tuple:
         # the network and the evaluator themselves (hashed by identity), not their ids: a key keeps them alive,
@@ -846,7 +859,10 @@ class DDIMSigmaEnv(_DDIMSigmaMixin, gym.Env[dict[str, np.ndarray], np.ndarray]):
       one is named in a warning and rewritten.
     - ``baseline_cache`` (bool, default False): replay the sigma = 0 baseline of a seed already run with the same
       configuration (:class:`BaselineCache`; seeded resets, no pool); evaluation of many schedules on the same
-      seeds then costs about half per schedule after the first. Rewards and infos are unchanged.
+      seeds then costs about half per schedule after the first. With ``prefix_pool`` it replays the baseline of
+      a pool entry instead, where that baseline uses no random draw (baseline sigma 0 and the ``none`` /
+      ``shift`` / ``adaptive`` threats): training then runs the network and the scorer on the agent's N samples
+      only once the pool's baselines are known. Rewards and infos are unchanged (up to float round-off, ~1e-6).
     - ``render_mode``: None or ``"rgb_array"`` (agent | baseline x0_pred, side by side).
 
     ## Version History
