@@ -671,6 +671,70 @@ def _protocol_check(drows: list[dict[str, Any]]) -> str:
     )
 
 
+#: The columns a protocol version can change (Linf is the same in every version), with their record paths.
+_VERSIONED = (("norm_acc.L2", "L2"), ("norm_acc.L1", "L1"), ("union_acc", "Union"), ("average_acc", "Avg"))
+
+
+def _ranking(values: dict[str, float]) -> list[str]:
+    """Methods from the most to the least robust (ties keep name order)."""
+    return sorted(values, key=lambda m: (-values[m], m))
+
+
+def protocol_change(records: list[dict[str, Any]], dataset: str) -> str:
+    """Markdown: what re-evaluation under the current protocol changed, from the entries' own records.
+
+    Only entries re-evaluated from an older version count (``reevaluated.history[0]`` holds the numbers they had
+    under it): per method, the mean over those seeds of each versioned column before and after, on the same
+    checkpoints and the same points, then each column's ranking of the methods under both versions and the pairs
+    of methods whose order it swapped. Empty when no entry of ``dataset`` was re-evaluated.
+    """
+    before: dict[str, dict[str, list[float]]] = {}
+    after: dict[str, dict[str, list[float]]] = {}
+    versions: set[int] = set()
+    for r in records:
+        history = r.get("reevaluated", {}).get("history") or []
+        if r["dataset"] != dataset or not history or protocol_version(r) != PROTOCOL_VERSION:
+            continue
+        old = history[0]
+        versions.add(int(old.get("protocol_version", 1)))
+        for path, header in _VERSIONED:
+            v_old, v_new = _get(old, path), _get(r, path)
+            if v_old is not None and v_new is not None:
+                before.setdefault(r["method"], {}).setdefault(header, []).append(100 * v_old)
+                after.setdefault(r["method"], {}).setdefault(header, []).append(100 * v_new)
+    if not before:
+        return ""
+    order = {m: i for i, m in enumerate(TRAINERS)}
+    methods = sorted(before, key=lambda m: (order.get(m, 99), m))
+    old_label = "/".join(f"v{v}" for v in sorted(versions))
+    lines = [f"\n### What protocol v{PROTOCOL_VERSION} changed ({dataset})\n",
+             f"Entries re-evaluated from {old_label}: the same checkpoints and points, mean over the re-evaluated "
+             f"seeds of each column under {old_label} -> v{PROTOCOL_VERSION} (Linf is unchanged by construction).\n",
+             "| Method | Seeds | " + " | ".join(h for _, h in _VERSIONED) + " |",
+             "|---|---:|" + "---:|" * len(_VERSIONED)]  # fmt: skip
+    for m in methods:
+        cells = []
+        for _, h in _VERSIONED:
+            b, a = before[m].get(h), after[m].get(h)
+            cells.append("-" if not b or not a else f"{np.mean(b):.1f} -> {np.mean(a):.1f} ({np.mean(a) - np.mean(b):+.1f})")
+        lines.append(f"| {m} | {len(before[m]['L2'])} | " + " | ".join(cells) + " |")
+    lines.append("\nRankings (most robust first) and the pairs of methods whose order the new protocol swapped; "
+                 "`(within noise)`: under the new protocol the two means differ by less than the larger seed "
+                 "standard deviation of the two, so the new order is not established either:\n")
+    for _, h in _VERSIONED:
+        common = [m for m in methods if before[m].get(h) and after[m].get(h)]
+        mean_b = {m: float(np.mean(before[m][h])) for m in common}
+        mean_a = {m: float(np.mean(after[m][h])) for m in common}
+        rank_b, rank_a = _ranking(mean_b), _ranking(mean_a)
+        spread = {m: float(np.std(after[m][h], ddof=1)) if len(after[m][h]) > 1 else 0.0 for m in common}
+        swapped = [f"{x} / {y}" + ("" if abs(mean_a[x] - mean_a[y]) > max(spread[x], spread[y]) else " (within noise)")
+                   for i, x in enumerate(common) for y in common[i + 1:]
+                   if (mean_b[x] - mean_b[y]) * (mean_a[x] - mean_a[y]) < 0]  # fmt: skip
+        lines.append(f"- {h}: {old_label} {' > '.join(rank_b)}; v{PROTOCOL_VERSION} {' > '.join(rank_a)}; "
+                     + (f"swapped: {', '.join(swapped)}." if swapped else "no pair swapped."))  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     """Generate ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png`` in ``docs_dir`` from the JSONs.
 
@@ -751,6 +815,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         papers = {r["method"]: r["paper"] for r in drows}
         out.write("\nMethods: " + "; ".join(f"`{m}`: {p}" for m, p in papers.items()) + ".\n")
         out.write(_protocol_check(drows))
+        out.write(protocol_change(records, dataset))
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
     paths = {
         "md": docs_dir / "leaderboard.md",

@@ -136,3 +136,32 @@ def test_tables_keep_protocol_versions_apart(tmp_path: Path, fast: None) -> None
     csv_lines = paths["csv"].read_text().splitlines()
     assert csv_lines[0].startswith("dataset,method,protocol_version") and "crosscheck_flags" in csv_lines[0]
     assert len(csv_lines) == 3
+
+
+def _reevaluated(method: str, seed: int, old: dict[str, float], new: dict[str, float]) -> dict[str, Any]:
+    """A hand-made v2 record re-evaluated from v1: ``old`` / ``new`` give L2, L1, union and average accuracy."""
+
+    def fields(v: dict[str, float]) -> dict[str, Any]:
+        return {"norm_acc": {"Linf": 0.5, "L2": v["L2"], "L1": v["L1"]}, "union_acc": v["union"],
+                "average_acc": v["avg"]}  # fmt: skip
+
+    previous = {"protocol_version": 1, **fields(old)}
+    return {"method": method, "dataset": "toy", "seed": seed, "robust_acc": 0.5, "protocol_version": PROTOCOL_VERSION,
+            **fields(new), "reevaluated": {"from_protocol": 1, "previous": previous, "history": [previous]}}  # fmt: skip
+
+
+def test_protocol_change_reports_means_and_swapped_orders() -> None:
+    a_old, a_new = {"L2": 0.40, "L1": 0.30, "union": 0.30, "avg": 0.40}, {"L2": 0.20, "L1": 0.10, "union": 0.10, "avg": 0.27}
+    b_old, b_new = {"L2": 0.35, "L1": 0.25, "union": 0.25, "avg": 0.37}, {"L2": 0.34, "L1": 0.24, "union": 0.24, "avg": 0.36}
+    records = [_reevaluated("pgd_at", s, a_old, a_new) for s in (0, 1)]
+    records += [_reevaluated("trades", s, b_old, b_new) for s in (0, 1)]
+    # a v1 entry never re-evaluated and another data set's entry are left out
+    records.append({"method": "standard", "dataset": "toy", "seed": 0, "robust_acc": 0.1, "protocol_version": 1})
+    records.append({**_reevaluated("msd", 0, a_old, b_new), "dataset": "other"})
+    md = leaderboard.protocol_change(records, "toy")
+    assert "| pgd_at | 2 | 40.0 -> 20.0 (-20.0) | 30.0 -> 10.0 (-20.0) |" in md
+    assert "| trades | 2 | 35.0 -> 34.0 (-1.0) |" in md and "| standard |" not in md and "| msd |" not in md
+    # v1 ranked pgd_at first in every column, v2 trades: each column names the swap, outside noise (equal seeds)
+    assert md.count("swapped: pgd_at / trades.") == 4
+    assert "- L2: v1 pgd_at > trades; v2 trades > pgd_at;" in md
+    assert leaderboard.protocol_change(records, "nothing") == ""
