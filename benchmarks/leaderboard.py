@@ -58,6 +58,7 @@ __all__ = [
     "atomic_write_json",
     "build_tables",
     "crosscheck_state",
+    "crosscheck_summary",
     "load_results",
     "main",
     "read_json_or_warn",
@@ -735,6 +736,45 @@ def protocol_change(records: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def crosscheck_summary(records: list[dict[str, Any]], dataset: str) -> str:
+    """Markdown: the second-library cross-check of ``dataset``'s current entries, per norm.
+
+    Over the entries whose ``crosscheck`` was made against their current protocol version: how many were checked
+    and flagged (named), and per norm the mean and the lowest ART minus protocol robust accuracy (points, on the
+    check's points), the points the protocol leaves robust that ART breaks (``b``, summed over entries, and the
+    entries with any), and the points ART leaves robust that the protocol breaks (``c``). Empty when no current
+    entry of ``dataset`` was checked.
+    """
+    current = [r for r in records if r["dataset"] == dataset]
+    checked = [r for r in current if crosscheck_state(r) != "unchecked"]
+    if not checked:
+        return ""
+    name = {id(r): f"{r['method']}_seed{r['seed']}" for r in checked}
+    flagged = [name[id(r)] for r in checked if crosscheck_state(r) == "flagged"]
+    lib = checked[0]["crosscheck"].get("library", "ART")
+    lines = [f"\n### Second-library cross-check ({dataset})\n",
+             f"{len(checked)} of {len(current)} entries checked against their current protocol version with {lib} "
+             f"(`python -m benchmarks.crosscheck`; rule in docs/evaluation.md); flagged: "
+             + (", ".join(flagged) if flagged else "none") + ". Per norm, ART minus protocol robust accuracy on the "
+             "check's points (negative: ART found more), and the discordant points summed over the entries with "
+             "per-point outcomes (b: robust under the protocol, broken by ART; c: the reverse):\n",
+             "| Norm | Entries | Mean ART - protocol | Lowest (entry) | b (entries with b > 0) | c | Flagged |",
+             "|---|---:|---:|---|---:|---:|---:|"]  # fmt: skip
+    for norm in ("Linf", "L2", "L1"):
+        rows = [(r, r["crosscheck"]["norms"][norm]) for r in checked if norm in r["crosscheck"].get("norms", {})]
+        if not rows:
+            continue
+        diffs = [100 * (n["art_acc"] - n["protocol_acc"]) for _, n in rows]
+        low = int(np.argmin(diffs))
+        paired = [n for _, n in rows if n.get("paired")]
+        b = sum(int(n["b"]) for n in paired)
+        c = sum(int(n["c"]) for n in paired)
+        with_b = sum(int(n["b"]) > 0 for n in paired)
+        lines.append(f"| {norm} | {len(rows)} | {np.mean(diffs):+.1f} | {diffs[low]:+.1f} ({name[id(rows[low][0])]}) "
+                     f"| {b} ({with_b}) | {c} | {sum(bool(n['flag']) for _, n in rows)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
     """Generate ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.png`` in ``docs_dir`` from the JSONs.
 
@@ -816,6 +856,7 @@ def build_tables(results_dir: Path, docs_dir: Path) -> dict[str, Path]:
         out.write("\nMethods: " + "; ".join(f"`{m}`: {p}" for m, p in papers.items()) + ".\n")
         out.write(_protocol_check(drows))
         out.write(protocol_change(records, dataset))
+        out.write(crosscheck_summary(records, dataset))
     out.write("\n![clean vs robust accuracy](leaderboard.png)\n")
     paths = {
         "md": docs_dir / "leaderboard.md",

@@ -165,3 +165,29 @@ def test_protocol_change_reports_means_and_swapped_orders() -> None:
     assert md.count("swapped: pgd_at / trades.") == 4
     assert "- L2: v1 pgd_at > trades; v2 trades > pgd_at;" in md
     assert leaderboard.protocol_change(records, "nothing") == ""
+
+
+def _checked(method: str, seed: int, version: int, norms: dict[str, tuple[float, float, int, int]],
+             flag: bool = False) -> dict:  # fmt: skip
+    """An entry at ``version`` with a cross-check made against ``version``: norm -> (art, protocol, b, c)."""
+    return {"method": method, "dataset": "toy", "seed": seed, "protocol_version": version,
+            "crosscheck": {"library": "adversarial-robustness-toolbox 1.20.1", "protocol_version": version,
+                           "flag": flag,
+                           "norms": {k: {"art_acc": a, "protocol_acc": p, "paired": True, "b": b, "c": c,
+                                         "flag": flag and k == "L2"} for k, (a, p, b, c) in norms.items()}}}  # fmt: skip
+
+
+def test_crosscheck_summary_counts_current_checks_per_norm() -> None:
+    records = [
+        _checked("pgd_at", 0, 2, {"Linf": (0.50, 0.50, 1, 1), "L2": (0.40, 0.45, 20, 5)}, flag=True),
+        _checked("trades", 0, 2, {"Linf": (0.52, 0.50, 0, 6), "L2": (0.46, 0.45, 0, 3)}),
+        # a check made before the entry's re-evaluation (v1 check, v2 entry) does not count
+        {**_checked("msd", 0, 1, {"L2": (0.0, 0.9, 270, 0)}, flag=True), "protocol_version": 2},
+        {"method": "standard", "dataset": "toy", "seed": 0, "protocol_version": 2},
+    ]
+    md = leaderboard.crosscheck_summary(records, "toy")
+    assert "2 of 4 entries checked" in md and "flagged: pgd_at_seed0." in md and "msd" not in md
+    assert "| Linf | 2 | +1.0 | +0.0 (pgd_at_seed0) | 1 (1) | 7 | 0 |" in md
+    assert "| L2 | 2 | -2.0 | -5.0 (pgd_at_seed0) | 20 (1) | 8 | 1 |" in md
+    assert "| L1 |" not in md
+    assert leaderboard.crosscheck_summary(records, "nothing") == ""
