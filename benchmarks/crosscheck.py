@@ -52,7 +52,7 @@ from benchmarks.leaderboard import (
     read_json_or_warn,
     redo_command,
 )
-from robust_envs.attacks import radii_for
+from robust_envs.attacks import PROTOCOL_VERSION, radii_for
 from robust_envs.data import load_dataset
 from robust_envs.fileio import read_json
 
@@ -280,10 +280,14 @@ def _is_checked(record: dict[str, Any], cfg: CrossCheckConfig) -> bool:
 
 def crosscheck_all(
     results_dir: Path, checkpoint_dir: Path, cfg: CrossCheckConfig, methods: Sequence[str] | None = None,
-    seeds: Sequence[int] | None = None, limit: int | None = None, redo: bool = False,
+    seeds: Sequence[int] | None = None, limit: int | None = None, redo: bool = False, include_stale: bool = False,
 ) -> list[str]:  # fmt: skip
     """Cross-check every matching entry not yet checked with ``cfg`` against its current numbers, one at a time
     (resumable: each entry is rewritten atomically when its check is done). Returns the entries checked now.
+
+    Entries evaluated under an older protocol version are skipped (with a warning naming them) unless
+    ``include_stale``: their re-evaluation (``python -m benchmarks.leaderboard reevaluate``) sets the check aside,
+    so checking them first is wasted, and a check running while the re-evaluation rewrites the same file would race.
     """
     done: list[str] = []
     for path in sorted(Path(results_dir).glob("*/*.json")):
@@ -295,6 +299,10 @@ def crosscheck_all(
         if (methods and rec["method"] not in methods) or (seeds and int(rec["seed"]) not in seeds):
             continue
         if not redo and _is_checked(rec, cfg):
+            continue
+        if not include_stale and protocol_version(rec) != PROTOCOL_VERSION:
+            logger.warning("%s: skipped, evaluated under protocol v%d (current v%d): re-evaluate it first, or pass "
+                           "--include-stale", path.name, protocol_version(rec), PROTOCOL_VERSION)  # fmt: skip
             continue
         res = crosscheck_entry(path, checkpoint_dir, cfg)
         summary = ", ".join(
@@ -318,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=CrossCheckConfig.seed)
     p.add_argument("--limit", type=int, default=None, help="at most N entries in this call")
     p.add_argument("--redo", action="store_true", help="check again entries already checked")
+    p.add_argument("--include-stale", action="store_true",
+                   help="also check entries evaluated under an older protocol version (skipped by default)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-tables", action="store_true")
     args = p.parse_args(argv)
@@ -326,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CrossCheckConfig(n_points=args.n_points, max_iter=args.max_iter, seed=args.seed)
     t0 = time.perf_counter()
     done = crosscheck_all(Path(args.results_dir), Path(args.checkpoint_dir), cfg, args.methods, args.seeds, args.limit,
-                          args.redo)  # fmt: skip
+                          args.redo, args.include_stale)  # fmt: skip
     print(f"cross-checked {len(done)} entries in {time.perf_counter() - t0:.0f}s: {', '.join(done) or 'none'}")
     if not args.no_tables and done:
         paths = build_tables(Path(args.results_dir), Path(args.docs_dir))

@@ -100,3 +100,24 @@ def test_art_catches_a_gradient_masked_model_that_the_ce_attack_misses() -> None
     art, _, _ = crosscheck.art_robust(masked, sub.images, sub.labels, {"L2": radii_for("digits").eps_l2}, cfg)
     verdict = crosscheck.noninferiority_test(art["L2"], protocol)
     assert verdict["flag"], verdict
+
+
+def test_crosscheck_skips_entries_awaiting_reevaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    (tmp_path / "toy").mkdir()
+    for seed, version in ((0, 1), (1, PROTOCOL_VERSION)):
+        rec = {"method": "standard", "seed": seed, "norm_acc": {}, "eval_config": {}, "protocol_version": version}
+        (tmp_path / "toy" / f"standard_seed{seed}.json").write_text(json.dumps(rec))
+    checked: list[str] = []
+
+    def fake_entry(path: Path, checkpoint_dir: Path, cfg: crosscheck.CrossCheckConfig) -> dict:
+        checked.append(path.name)
+        return {"norms": {}, "flag": False, "time_s": 0.0}
+
+    monkeypatch.setattr(crosscheck, "crosscheck_entry", fake_entry)
+    cfg = crosscheck.CrossCheckConfig()
+    assert crosscheck.crosscheck_all(tmp_path, tmp_path, cfg) == ["toy/standard_seed1.json"]
+    assert "standard_seed0.json: skipped, evaluated under protocol v1" in caplog.text
+    checked.clear()
+    crosscheck.crosscheck_all(tmp_path, tmp_path, cfg, include_stale=True)
+    assert checked == ["standard_seed0.json", "standard_seed1.json"]
