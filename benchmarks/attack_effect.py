@@ -30,6 +30,7 @@ from scipy import stats
 from tqdm import tqdm
 
 from robust_envs.diffusion import TimestepAttack, load_noise_model, sample_x0
+from robust_envs.diffusion.models import model_weights_id
 from robust_envs.quality import make_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         f"Model: `{meta['model']}`; evaluator: `{meta['evaluator']}` (scores 1..5); sigma = 0 (deterministic DDIM),",
         f"stride {meta['stride']} above t_c; {meta['n']} samples per cell, the same seeds (x_T, draws) in every cell,",
-        f"so differences are paired. Hardware: {meta['hardware']}.",
+        f"so differences are paired. Model weights: {meta.get('model_weights', 'not recorded')}. Hardware: {meta['hardware']}.",
         "",
         "## The paper's attack (scale 0.01, clip 0.05) by t_c",
         "",
@@ -138,16 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     model = load_noise_model(ns.model, device=ns.device)
     evaluator = make_evaluator(ns.evaluator, device=ns.device)
     meta = {"argv": " ".join(argv if argv is not None else __import__("sys").argv[1:]), "n": ns.n, "stride": ns.stride,
-            "model": ns.model, "evaluator": ns.evaluator, "seed": ns.seed, "sweep_t_c": ns.sweep_t_c,
-            "hardware": f"{platform.machine()}, {ns.device}, torch {torch.__version__}"}  # fmt: skip
+            "model": ns.model, "model_weights": model_weights_id(ns.model), "evaluator": ns.evaluator, "seed": ns.seed,
+            "sweep_t_c": ns.sweep_t_c, "hardware": f"{platform.machine()}, {ns.device}, torch {torch.__version__}"}  # fmt: skip
     data: dict[str, Any] = {"meta": meta, "by_t_c": [], "sweep": []}
     if RESULTS.is_file() and not ns.fresh:
         from benchmarks.leaderboard import read_json_or_warn
 
         old = read_json_or_warn(RESULTS, "its rows are run again") or {"meta": {}}
-        if {k: old["meta"].get(k) for k in ("n", "stride", "model", "evaluator", "seed")} == {
-            k: meta[k] for k in ("n", "stride", "model", "evaluator", "seed")
-        }:
+        same = ("n", "stride", "model", "model_weights", "evaluator", "seed")  # new weights: run every row again
+        if {k: old["meta"].get(k) for k in same} == {k: meta[k] for k in same}:
             data["by_t_c"], data["sweep"] = old["by_t_c"], old["sweep"]
     done_t_c = {r["t_c"] for r in data["by_t_c"]}
     done_scale = {r["scale"] for r in data["sweep"] if r["t_c"] == ns.sweep_t_c}

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from benchmarks.leaderboard import atomic_write_json
 from robust_envs.diffusion import TimestepAttack, TimestepDefence, ddim_steps, load_noise_model, randn_per_generator
+from robust_envs.diffusion.models import model_weights_id
 from robust_envs.quality import make_evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def render(data: dict[str, Any]) -> str:
         f"Model `{meta['model']}`, evaluator `{meta['evaluator']}` (scores 1..5), sigma = 0 (deterministic DDIM), "
         f"stride {meta['stride']} above t_c = {meta['t_c']}, threat at every step t <= t_c; {meta['n']} samples, the "
         "same seeds (x_T, draws) in every cell, so every change is paired against the clean run (no threat, no "
-        f"defence). Hardware: {meta['hardware']}.",
+        f"defence). Model weights: {meta.get('model_weights', 'not recorded')}. Hardware: {meta['hardware']}.",
         "",
         "Threats (see `robust_envs/diffusion/attack.py`): `gaussian` is seed 000's (budget = scale, clip 5 x scale); "
         "`shift` adds +budget network timesteps; `adaptive` searches delta in {-budget, +budget} per sample and step "
@@ -189,9 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(ns.threads)
     sweep = Sweep(ns.model, ns.evaluator, ns.n, ns.t_c, ns.stride, ns.seed, ns.device)
     meta = {"argv": " ".join(sys.argv[1:] if argv is None else argv), "n": ns.n, "t_c": ns.t_c, "stride": ns.stride,
-            "model": ns.model, "evaluator": ns.evaluator, "seed": ns.seed, "T": sweep.model.schedule.num_train_timesteps,
+            "model": ns.model, "model_weights": model_weights_id(ns.model), "evaluator": ns.evaluator, "seed": ns.seed,
+            "T": sweep.model.schedule.num_train_timesteps,
             "hardware": f"{platform.machine()}, {ns.device}, torch {torch.__version__}, {torch.get_num_threads()} threads"}  # fmt: skip
-    same = ("n", "t_c", "stride", "model", "evaluator", "seed")
+    same = ("n", "t_c", "stride", "model", "model_weights", "evaluator", "seed")  # new weights: start afresh
     data: dict[str, Any] = {"meta": meta, "cells": {}}
     if RESULTS.is_file():
         try:

@@ -284,28 +284,42 @@ def main(argv: list[str] | None = None) -> None:
     hardware = (f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
                 f"{torch.cuda.get_device_name() if _resolve_device(ns.device).type == 'cuda' else 'cpu'}, "
                 f"{ns.clock} clock")  # fmt: skip
-    startup_rows = []
+    startup_rows: list[dict[str, Any]] = []
+    cache_rows: list[dict[str, Any]] = []
+
+    def startup_tables() -> tuple[dict[str, Any], dict[str, Any]]:
+        startup: dict[str, Any] = {"startup_rows": startup_rows} if startup_rows else {}
+        startup_meta = {"startup_argv": argv_text, "startup_hardware": hardware} if startup_rows else {}
+        if cache_rows:
+            startup["cache_rows"] = cache_rows
+            startup_meta.update(cache_argv=argv_text, cache_hardware=hardware)
+        return startup, startup_meta
+
+    def write_startup_only() -> None:
+        """Merge the rows measured so far into the results (atomically), so a kill loses at most the current row."""
+        from benchmarks.leaderboard import atomic_write_json, read_json_or_warn
+
+        old = (read_json_or_warn(RESULTS, "rerun without --startup-only") or {}) if RESULTS.is_file() else {}
+        startup, startup_meta = startup_tables()
+        data = {**old, "meta": {**old.get("meta", {}), **startup_meta}, **startup}
+        atomic_write_json(RESULTS, data)
+        DOC.write_text(render(data))
+
     for t_c in ns.pool_t_c:
         for pool in ns.pool_startup:
             startup_rows.append(pool_startup({**kwargs, "t_c": t_c}, pool, ns.pool_num_envs))
             print(startup_rows[-1], flush=True)
-    cache_rows = []
+            if ns.startup_only:
+                write_startup_only()
     for t_c in ns.pool_t_c if ns.cache_shift is not None else []:
         kw_shift = {**kwargs, "t_c": t_c, "attack": "shift", "attack_budget": ns.cache_shift}
         cache_rows.append(baseline_cache_row(kw_shift, ns.pool_num_envs, 256, ns.episodes))
         print(cache_rows[-1], flush=True)
-    startup = {"startup_rows": startup_rows} if startup_rows else {}
-    startup_meta = {"startup_argv": argv_text, "startup_hardware": hardware} if startup_rows else {}
-    if cache_rows:
-        startup["cache_rows"] = cache_rows
-        startup_meta.update(cache_argv=argv_text, cache_hardware=hardware)
+        if ns.startup_only:
+            write_startup_only()
+    startup, startup_meta = startup_tables()
     if ns.startup_only:
-        from benchmarks.leaderboard import read_json_or_warn
-
-        old = (read_json_or_warn(RESULTS, "rerun without --startup-only") or {}) if RESULTS.is_file() else {}
-        data = {**old, "meta": {**old.get("meta", {}), **startup_meta}, **startup}
-        RESULTS.write_text(json.dumps(data, indent=2))
-        DOC.write_text(render(data))
+        write_startup_only()
         print(DOC.read_text())
         return
     rows = []
@@ -329,8 +343,8 @@ def main(argv: list[str] | None = None) -> None:
             drawn |= set(pooled.sim.pool_index or [])
             if len(drawn) == n:
                 break
-        batched, pooled_rate = paired_episodes_per_second(plain, pooled, ns.episodes, t_c, 0)
-        row = {"t_c": t_c, "num_envs": n, "batched": batched, "pooled": pooled_rate, "floor": episode_floor(kw, n)}
+        plain_rate, pooled_rate = paired_episodes_per_second(plain, pooled, ns.episodes, t_c, 0)
+        row = {"t_c": t_c, "num_envs": n, "batched": plain_rate, "pooled": pooled_rate, "floor": episode_floor(kw, n)}
         pool_rows.append(row)
         print(row, flush=True)
     old_meta: dict[str, Any] = {}
