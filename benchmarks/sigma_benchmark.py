@@ -67,7 +67,8 @@ SCHEMA_VERSION = 1
 #: threat and budget of docs/threats.md that clearly hurts the embedded model, i.e. lowers mean Q(x_0) by at
 #: least 0.1 level (a tenth of the 1..5 scale; smaller budgets hurt measurably but by less than the gaps
 #: between the constant schedules): a same-sign shift of the network's timestep by 20 units (0.02 T),
-#: -0.126 +- 0.017 at t_c = 20, where adaptive 20 gives -0.092 and state 8/255 -0.031. ``none``: no threat.
+#: -0.255 +- 0.023 at t_c = 20 (shift 5: -0.066), where adaptive 20 gives -0.159 and state 8/255 -0.093 (measured
+#: on the retrained 2,084-step UNet; on the 976-step one shift 20 gave -0.126). ``none``: no threat.
 THREATS: dict[str, dict[str, Any]] = {
     "seed": {"attack": "gaussian", "attack_scale": 0.01, "attack_clip": 0.05},
     "shift": {"attack": "shift", "attack_budget": 20.0},
