@@ -64,9 +64,33 @@ def save(data: dict[str, Any]) -> None:
     os.replace(tmp, RESULTS)
 
 
+def _argv_values(argv: str, flag: str) -> list[float]:
+    """The numbers given after ``flag`` in a recorded command line (empty when the flag is absent)."""
+    words = argv.split()
+    if flag not in words:
+        return []
+    out = []
+    for w in words[words.index(flag) + 1 :]:
+        if w.startswith("--"):
+            break
+        out.append(float(w))
+    return out
+
+
+def pending(data: dict[str, Any]) -> str | None:
+    """What the recorded command asked for that the JSON does not hold yet (an interrupted run), as text."""
+    argv = data["meta"].get("argv", "")
+    t_c = [int(v) for v in _argv_values(argv, "--t-c") if int(v) not in {r["t_c"] for r in data["by_t_c"]}]
+    scales = [v for v in _argv_values(argv, "--scales") if v not in {r["scale"] for r in data["sweep"]}]
+    parts = ([f"t_c {', '.join(map(str, t_c))}"] if t_c else []) + (
+        [f"sweep scales {', '.join(f'{v:g}' for v in scales)}"] if scales else [])  # fmt: skip
+    return "; ".join(parts) or None
+
+
 def render(data: dict[str, Any]) -> str:
     """The Markdown report, generated from the JSON."""
     meta = data["meta"]
+    left = pending(data)
     lines = [
         "# The timestep attack on the embedded model",
         "",
@@ -77,6 +101,8 @@ def render(data: dict[str, Any]) -> str:
         f"stride {meta['stride']} above t_c; {meta['n']} samples per cell, the same seeds (x_T, draws) in every cell,",
         f"so differences are paired. Model weights: {meta.get('model_weights', 'not recorded')}. Hardware: {meta['hardware']}.",
         "",
+        *([f"**Partial run.** Not measured yet: {left}. Rerun the command above to finish (finished rows are kept).", ""]
+          if left else []),
         "## The paper's attack (scale 0.01, clip 0.05) by t_c",
         "",
         "| t_c | mean Q(x_0), no attack | mean Q(x_0), attack | paired difference (attack - none) | significant |",
