@@ -95,6 +95,21 @@ AGENTS: dict[str, dict[str, Any]] = {
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
 
+def _share_reading(threat: str, share: dict[int, float], series: dict[str, list[tuple[int, float, float, float]]]) -> list[str]:
+    """One generated line: at how many t_c the non-RL ``share`` defence (a sigma = 0 schedule) lies above every
+    agent's IQM r_1, the first comparison a reviewer asks for; empty when no t_c has both.
+    """
+    tcs = sorted(t for t in share if any(p[0] == t for pts in series.values() for p in pts))
+    if not tcs:
+        return []
+    best_agent = {t: max(p[1] for pts in series.values() for p in pts if p[0] == t) for t in tcs}
+    above = [t for t in tcs if share[t] > best_agent[t]]
+    detail = "; ".join(f"t_c {t}: {share[t]:+.3f} vs {best_agent[t]:+.3f}" for t in tcs)
+    return [f"- `{threat}`, the non-RL `share` defence against the best agent IQM at the same t_c: above it at "
+            f"{len(above)} of {len(tcs)} t_c ({detail}). It changes the timestep the network sees, not sigma: the env's "
+            "`defence` option puts it under any agent's schedule; no agent entry here combines the two yet."]
+
+
 def _hardware(device: str, threads: int) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -705,6 +720,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         series: dict[str, list[tuple[int, float, float, float]]] = {}
         best_series: list[tuple[int, float]] = []
+        share_series: list[tuple[int, float]] = []  # the non-RL E-TSDM-style defence, a reference line
         for t_c in tcs:
             cell = cells[(threat, t_c)]
             ref = cell["reference"]
@@ -713,6 +729,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
             best = max(consts.values(), key=lambda r: r["mean_r1"]) if consts else None
             if best is not None:
                 best_series.append((t_c, best["mean_r1"]))
+            if "defence=share" in rows:
+                share_series.append((t_c, rows["defence=share"]["mean_r1"]))
             fmt = lambda name, rows=rows: f"{rows[name]['mean_r1']:+.3f}" if name in rows else "-"  # noqa: E731
             best_txt = f"{best['schedule']} ({best['mean_r1']:+.3f})" if best else "pending"
             if not cell["agents"]:
@@ -744,12 +762,16 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                         marker="o", capsize=3, label=agent)  # fmt: skip
         if best_series:
             ax.plot([p[0] for p in best_series], [p[1] for p in best_series], "k--", label="best constant a")
+        if share_series:
+            ax.plot([p[0] for p in share_series], [p[1] for p in share_series], ":", color="grey", marker="x",
+                    label="defence share (sigma = 0)")  # fmt: skip
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("t_c")
         ax.set_ylabel("r_1 = Q(x_0) - Q(x_0 | sigma = 0)")
         ax.set_title(f"threat: {threat}")
         ax.legend(fontsize=8)
         verdict_rows += _fig7_verdicts(threat, cells, stats)
+        verdict_rows += _share_reading(threat, dict(share_series), series)
     fig.tight_layout()
     (docs_dir / "figures").mkdir(parents=True, exist_ok=True)
     fig.savefig(docs_dir / "figures" / "sigma_fig7.png", dpi=120)

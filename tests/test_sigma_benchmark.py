@@ -294,3 +294,14 @@ def test_report_keeps_stale_entries_out_of_tables(tmp_path: Path, monkeypatch: p
     assert "| 20 | ppo | 1 |" in page and "| 20 | ppo_q |" not in page
     assert f"`shift/tc20/ppo_q_seed0` r_1 {np.mean(old['r1']):+.3f} (model weights moved)" in page
     assert "## Against a finer grid of constants" not in page  # the finer constants were on the old weights
+
+
+def test_share_reading_counts_t_c_where_the_defence_is_above_every_agent() -> None:
+    series = {"ppo": [(10, 0.04, 0.03, 0.05), (20, 0.05, -0.03, 0.09)], "ppo_q": [(20, 0.20, 0.1, 0.3)]}
+    line = sb._share_reading("shift", {10: 0.26, 20: 0.15, 30: 0.5}, series)
+    assert len(line) == 1
+    # t_c 30 has no agent: left out; t_c 20 compares with the best agent there (ppo_q 0.20 > 0.15)
+    assert "above it at 1 of 2 t_c" in line[0]
+    assert "t_c 10: +0.260 vs +0.040; t_c 20: +0.150 vs +0.200" in line[0]
+    assert sb._share_reading("shift", {}, series) == []
+    assert sb._share_reading("shift", {40: 0.1}, series) == []
