@@ -703,9 +703,11 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         "(Eq. 18), mean with a 95% CI (Student t over samples). Agents: mean over seeds as rliable's IQM with a "
         "stratified bootstrap 95% CI (over seeds). Constant actions: a in {0.25, 0.5, 0.75, 1} (a = 0 is the "
         "baseline, r_1 = 0 exactly); `round` / `share`: the non-RL timestep defences as sigma = 0 schedules, "
-        "against the undefended baseline. Verdict: `beats` when the agent's CI lies above the best constant's mean or "
-        "every seed's paired difference to it (same samples) has a 95% CI above 0; `matches` when its CI reaches the "
-        "best constant's mean; `below` otherwise.",
+        "against the undefended baseline. Verdict: `beats` when every seed's paired difference to the best constant "
+        "(same samples) has a 95% CI above 0 (where an entry predates per-sample rows: when the agent's CI lies above "
+        "the best constant's mean; the CI over seeds alone leaves out the noise of the shared evaluation samples); "
+        "`matches` when the agent's CI reaches the best constant's mean, or lies above it while a seed's paired CI "
+        "still contains 0; `below` otherwise.",
         "",
         "Threats: " + "; ".join(f"`{k}` = `{v}`" for k, v in THREATS.items() if k in threats) + ".",
         "",
@@ -743,14 +745,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                 else:
                     iqm, (lo, hi) = per_seed[0], recs[0]["row"]["r1_ci95"]
                 series.setdefault(agent, []).append((t_c, iqm, lo, hi))
-                if best is None:
-                    verdict = "references pending"
-                elif lo > best["mean_r1"] or _paired_all_above(recs, best):
-                    verdict = "beats"
-                elif hi >= best["mean_r1"]:
-                    verdict = "matches"
-                else:
-                    verdict = "below"
+                verdict = _verdict(recs, best, lo, hi)
                 lines.append(f"| {t_c} | {agent} | {len(per_seed)} | {iqm:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                              + ", ".join(f"{v:+.3f}" for v in per_seed) + f" | {best_txt} | {fmt('a=1')} | "
                              f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
@@ -807,6 +802,23 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _verdict(recs: list[dict[str, Any]], best: dict[str, Any] | None, lo: float, hi: float) -> str:
+    """The agent's verdict against the best constant (the page's protocol line): ``beats`` needs every seed's paired
+    95% CI above 0 where per-sample r_1 exist (else the CI over seeds ``[lo, hi]`` above the constant's mean);
+    ``matches`` when ``hi`` reaches the constant's mean; ``below`` otherwise; ``references pending`` without one.
+    """
+    if best is None:
+        return "references pending"
+    if _paired_all_above(recs, best) if _has_paired(recs, best) else lo > best["mean_r1"]:
+        return "beats"
+    return "matches" if hi >= best["mean_r1"] else "below"
+
+
+def _has_paired(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:
+    """True when the best constant and every seed's entry carry per-sample r_1 (a paired comparison is possible)."""
+    return "r1" in best and all("r1" in r for r in recs)
 
 
 def _paired_all_above(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:

@@ -305,3 +305,22 @@ def test_share_reading_counts_t_c_where_the_defence_is_above_every_agent() -> No
     assert "t_c 10: +0.260 vs +0.040; t_c 20: +0.150 vs +0.200" in line[0]
     assert sb._share_reading("shift", {}, series) == []
     assert sb._share_reading("shift", {40: 0.1}, series) == []
+
+
+def test_verdict_needs_paired_evidence_to_beat() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.1, 0.5, 500)
+    best = {"schedule": "a=1", "mean_r1": float(base.mean()), "r1": base.tolist()}
+    # seeds whose mean is 0.02 above the constant but with per-sample noise of sd 0.5: paired CIs contain 0
+    noisy = [{"r1": (base + 0.02 + rng.normal(0, 0.5, 500)).tolist()} for _ in range(3)]
+    assert sb._verdict(noisy, best, lo=best["mean_r1"] + 0.01, hi=best["mean_r1"] + 0.03) == "matches"
+    clear = [{"r1": (base + 0.05 + rng.normal(0, 0.05, 500)).tolist()} for _ in range(3)]
+    assert sb._verdict(clear, best, lo=best["mean_r1"] + 0.04, hi=best["mean_r1"] + 0.06) == "beats"
+    # one seed's paired CI below 0 while the others are above: not `beats`
+    assert sb._verdict(clear[:2] + [{"r1": (base - 0.05).tolist()}], best, lo=best["mean_r1"] - 0.05,
+                       hi=best["mean_r1"] + 0.06) == "matches"  # fmt: skip
+    assert sb._verdict(clear, best, lo=best["mean_r1"] - 0.3, hi=best["mean_r1"] - 0.1) == "beats"  # paired decides
+    unpaired = {k: v for k, v in best.items() if k != "r1"}
+    assert sb._verdict([{}], unpaired, lo=best["mean_r1"] + 0.01, hi=best["mean_r1"] + 0.03) == "beats"
+    assert sb._verdict([{}], unpaired, lo=best["mean_r1"] - 0.3, hi=best["mean_r1"] - 0.1) == "below"
+    assert sb._verdict([{}], None, lo=0.0, hi=1.0) == "references pending"
