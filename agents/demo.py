@@ -35,7 +35,8 @@ from agents.ppo_sigma import Args, env_kwargs, parse_args, train
 #: The demo's training budget: the benchmark's 32,768 steps (docs/sigma_benchmark.md). On the retrained UNet (2,084
 #: steps) half of it no longer sufficed: at 16,384 steps training seeds 0 / 1 / 2 ended at mean action 0.81 / 0.995 / 0.72
 #: (the best constant is a = 1; only seed 1 matched it), at 32,768 seeds 0 / 1 / 2 at 1.00 / 1.00 / 0.85 (seeds 0 and 1
-#: match a = 1 exactly, seed 2 stays below), 200 samples, paired on the demo's evaluation samples (README, docs/demo.md).
+#: match a = 1 exactly, seed 2 stays below), 200 samples, paired on the demo's evaluation samples (README, docs/demo.md),
+#: all with OMP_NUM_THREADS=1; seed 0 with torch's default two threads (`make demo`) ended at 0.84, below a = 1.
 DEMO_TIMESTEPS = 32768
 
 
