@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     print("The full benchmark (every t_c, threats, agents, seeds): docs/sigma_benchmark.md "
           "(python -m benchmarks.sigma_benchmark)")  # fmt: skip
     if docs is not None:
-        write_docs(rows, meta, out, docs, command)
+        write_docs(rows, read_eval(out)["meta"], out, docs, command)  # the meta as recorded (hardware added)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'x0_agent_vs_baseline.png'} "
           f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
 
@@ -179,7 +179,7 @@ def write_docs(rows: list[dict], meta: dict, out: Path, docs: Path, command: str
         f"Env: `{meta['env_kwargs']}`. PPO: {meta['ppo_args']['total_timesteps']} steps, {meta['ppo_args']['num_envs']} envs, "
         f"gamma {meta['ppo_args']['gamma']}, clip {meta['ppo_args']['clip_range']}, MLP policy on "
         f"{_features(meta['ppo_args'])}, trained on the `{meta['ppo_args'].get('reward', 'paper')}` reward; training took "
-        f"{meta['train_seconds']:.0f} s. Evaluation: {meta['n_samples']} samples under the paper's attack, the same "
+        f"{meta['train_seconds']:.0f} s ({meta.get('hardware', 'hardware not recorded')}). Evaluation: {meta['n_samples']} samples under the paper's attack, the same "
         "x_T and draws for every schedule; r_1 = Q(x_0) of the schedule minus Q(x_0) of sigma = 0 (seed 000 Eq. 18). "
         "Action a: sigma = a * sqrt(1 - alpha_bar[t-1]) (a = 0 is the sigma = 0 baseline itself).",
         "",

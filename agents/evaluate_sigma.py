@@ -209,8 +209,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 def write_report(rows: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> Path:
     """Write ``eval.json`` (meta + rows) and ``eval.md`` (the table) into ``out_dir``; return the JSON path."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the thread count is part of the record: CPU training is not bit-reproducible across thread counts (README)
     meta = {**meta, "hardware": f"{platform.machine()}, torch {torch.__version__}, "
-            f"{'cuda' if torch.cuda.is_available() else 'cpu'}"}  # fmt: skip
+            f"{'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads {torch.get_num_threads()}"}  # fmt: skip
     path = out_dir / "eval.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

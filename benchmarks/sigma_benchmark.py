@@ -95,20 +95,6 @@ AGENTS: dict[str, dict[str, Any]] = {
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
 
-def _share_reading(threat: str, share: dict[int, float], series: dict[str, list[tuple[int, float, float, float]]]) -> list[str]:
-    """One generated line: at how many t_c the non-RL ``share`` defence (a sigma = 0 schedule) lies above every
-    agent's IQM r_1, the first comparison a reviewer asks for; empty when no t_c has both.
-    """
-    tcs = sorted(t for t in share if any(p[0] == t for pts in series.values() for p in pts))
-    if not tcs:
-        return []
-    best_agent = {t: max(p[1] for pts in series.values() for p in pts if p[0] == t) for t in tcs}
-    above = [t for t in tcs if share[t] > best_agent[t]]
-    detail = "; ".join(f"t_c {t}: {share[t]:+.3f} vs {best_agent[t]:+.3f}" for t in tcs)
-    return [f"- `{threat}`, the non-RL `share` defence against the best agent IQM at the same t_c: above it at "
-            f"{len(above)} of {len(tcs)} t_c ({detail}). It changes the timestep the network sees, not sigma: the env's "
-            "`defence` option puts it under any agent's schedule; no agent entry here combines the two yet."]
-
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
@@ -804,6 +790,21 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     return path
 
 
+def _share_reading(threat: str, share: dict[int, float], series: dict[str, list[tuple[int, float, float, float]]]) -> list[str]:
+    """One generated line: at how many t_c the non-RL ``share`` defence (a sigma = 0 schedule) lies above every
+    agent's IQM r_1, the first comparison a reviewer asks for; empty when no t_c has both.
+    """
+    tcs = sorted(t for t in share if any(p[0] == t for pts in series.values() for p in pts))
+    if not tcs:
+        return []
+    best_agent = {t: max(p[1] for pts in series.values() for p in pts if p[0] == t) for t in tcs}
+    above = [t for t in tcs if share[t] > best_agent[t]]
+    detail = "; ".join(f"t_c {t}: {share[t]:+.3f} vs {best_agent[t]:+.3f}" for t in tcs)
+    return [f"- `{threat}`, the non-RL `share` defence against the best agent IQM at the same t_c: above it at "
+            f"{len(above)} of {len(tcs)} t_c ({detail}). It changes the timestep the network sees, not sigma: the env's "
+            "`defence` option puts it under any agent's schedule; no agent entry here combines the two yet."]
+
+
 def _verdict(recs: list[dict[str, Any]], best: dict[str, Any] | None, lo: float, hi: float) -> str:
     """The agent's verdict against the best constant (the page's protocol line): ``beats`` needs every seed's paired
     95% CI above 0 where per-sample r_1 exist (else the CI over seeds ``[lo, hi]`` above the constant's mean);
@@ -823,7 +824,7 @@ def _has_paired(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:
 
 def _paired_all_above(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:
     """True when every seed's paired difference to the best constant has a 95% CI above 0 (same samples)."""
-    if "r1" not in best or any("r1" not in r for r in recs):
+    if not _has_paired(recs, best):
         return False
     from agents.evaluate_sigma import _ci95
 
