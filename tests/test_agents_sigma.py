@@ -74,11 +74,36 @@ def test_demo_smoke(tiny_unet_dir, tmp_path, monkeypatch) -> None:
     assert [r["schedule"] for r in rows] == ["PPO", "a=0.25", "a=0.5", "a=0.75", "a=1", "random"]
     assert (tmp_path / "out" / "policy.zip").is_file() and (tmp_path / "out" / "x0_agent_vs_baseline.png").is_file()
     assert len(rows[0]["action_by_t"]) == 2
-    assert "| PPO | 3 |" in (tmp_path / "docs" / "demo.md").read_text()
+    page = (tmp_path / "docs" / "demo.md").read_text()
+    assert "| PPO | 3 |" in page
+    meta = json.loads((tmp_path / "out" / "eval.json").read_text())["meta"]
+    assert meta["env_kwargs"]["attack"] == "shift" and meta["env_kwargs"]["attack_budget"] == 20.0  # the demo's threat
+    cost = meta["threat_cost"]  # the unattacked sigma = 0 schedule on the same samples, paired
+    assert cost["mean"] == pytest.approx(cost["q0_threat"] - cost["q0_no_threat"])
+    assert cost["ci95"][0] <= cost["mean"] <= cost["ci95"][1]
+    assert "the shift threat (every t <= t_c seen by the network as t + 20)" in page
     demo.main(["--docs-from-run", "out", "--docs", "docs2"])  # the docs again from the finished run, no training
     assert (tmp_path / "docs2" / "demo.md").read_text() == (tmp_path / "docs" / "demo.md").read_text()
     with pytest.raises(FileNotFoundError, match="nowhere/eval.json not found"):
         demo.main(["--docs-from-run", "nowhere", "--docs", "docs3"])
+
+
+def test_demo_cell_is_the_benchmarks_shift_threat() -> None:
+    """The demo trains in a cell of docs/sigma_benchmark.md: its threat is the benchmark's `shift`."""
+    from agents import demo
+    from benchmarks.sigma_benchmark import THREATS
+
+    assert demo.DEMO_THREAT == THREATS["shift"]
+    assert demo.DEMO_T_C in (10, 20, 30, 40, 50, 60)
+    rows = [{"schedule": "PPO", "r1_ci95": [0.1, 0.2], "mean_r1": 0.15, "mean_eta": 1.0},
+            {"schedule": "a=1", "r1_ci95": [0.1, 0.2], "mean_r1": 0.15, "mean_eta": 1.0}]
+    text = demo._reading(rows, {"env_kwargs": {"attack": "gaussian"},
+                                "paired_vs_best": {"best": "a=1", "mean": 0.0, "ci95": [0.0, 0.0]}})  # fmt: skip
+    assert "PPO (mean action 1.00) matches" in text and "no measurable effect" in text  # the paper's attack
+    # `beats` needs the paired CI above 0 (as the benchmark's verdict), not only PPO's CI above the best mean
+    text = demo._reading(rows, {"env_kwargs": {"attack": "shift", "attack_budget": 20.0},
+                                "paired_vs_best": {"best": "a=1", "mean": 0.02, "ci95": [0.01, 0.03]}})  # fmt: skip
+    assert "PPO (mean action 1.00) beats" in text and "the shift threat" in text
 
 
 @pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "ppo_cnn_shared", "sac", "tqc", "recurrent_ppo"])

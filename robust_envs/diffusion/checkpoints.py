@@ -731,8 +731,9 @@ def find_config(checkpoint: Path, fmt: CheckpointFormat) -> Path:
 def _build_unet(
     config: dict[str, Any], sd: dict[str, torch.Tensor], unused: list[str], ckpt: Path, cfg_path: Path
 ) -> nn.Module:
-    from diffusers import UNet2DModel
+    from robust_envs.diffusion.models import unet2d_class
 
+    UNet2DModel = unet2d_class()
     allowed_unused = {"logvar"}
     extra = [k for k in unused if k not in allowed_unused]
     if extra:

@@ -175,9 +175,22 @@ def _holds_checkpoint(path: Path) -> bool:
     return any(f.suffix in CHECKPOINT_SUFFIXES and f.name not in _WEIGHT_NAMES for f in path.iterdir() if f.is_file())
 
 
+def unet2d_class() -> Any:
+    """The ``UNet2DModel`` class of diffusers, imported without bitsandbytes' CPU-kernel warning.
+
+    diffusers imports bitsandbytes (installed for pyiqa's quantised Q-Align) when it loads any model, and
+    bitsandbytes then logs a warning about an optional 4-bit CPU kernel package (`kernels`) at import. The env never
+    quantises the UNet, so that one logger is set to errors only; nothing else is silenced.
+    """
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    from diffusers import UNet2DModel
+
+    return UNet2DModel
+
+
 def _load_diffusers_folder(path: Path) -> nn.Module:
     """``UNet2DModel.from_pretrained`` with the config and weights checked first, so that errors name the file."""
-    from diffusers import UNet2DModel
+    UNet2DModel = unet2d_class()
 
     sub = "unet" if (path / "unet").is_dir() else None
     folder = path / sub if sub else path
@@ -228,7 +241,7 @@ def _check_safetensors(path: Path) -> None:
 
 
 def _from_hub(repo_id: str, local_files_only: bool) -> nn.Module:
-    from diffusers import UNet2DModel
+    UNet2DModel = unet2d_class()
 
     try:
         return UNet2DModel.from_pretrained(repo_id, subfolder="unet", local_files_only=local_files_only)
