@@ -91,6 +91,11 @@ AGENTS: dict[str, dict[str, Any]] = {
     # PPO as a contextual bandit over per-image constants that also sees the scorer's Q of the x0 prediction
     # (docs/sigma_headroom.md: that feature predicts which constant an unseen image prefers; run ZQH0 of
     # docs/sigma_tuning.md): one action per episode from (x_{t_c}, t_c, q_x0), 65,536 env steps = 3,276 decisions
+    # the paper's PPO with gamma 1 instead of 0.995. The env's `delta` reward is shaping without the discount
+    # (r_t = D_t - D_{t+1}), so under gamma < 1 the discounted return is gamma^(T-1) r_1 plus (1 - gamma) times the
+    # discounted sum of the intermediate D_t (the x0 predictions' quality difference, which injected noise lowers):
+    # 1 - 0.995^59 = 26% of the objective at t_c 60, 9% at t_c 20. With gamma 1 the return is exactly r_1.
+    "ppo_gamma1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
