@@ -96,6 +96,8 @@ AGENTS: dict[str, dict[str, Any]] = {
     # discounted sum of the intermediate D_t (the x0 predictions' quality difference, which injected noise lowers):
     # 1 - 0.995^59 = 26% of the objective at t_c 60, 9% at t_c 20. With gamma 1 the return is exactly r_1.
     "ppo_gamma1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0},
+    # the same with three times the steps: at t_c 60, 32,768 env steps are 546 episodes, a third of t_c 20's 1,638
+    "ppo_gamma1_long": {"algo": "ppo", "total_timesteps": 98304, "gamma": 1.0},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
