@@ -705,7 +705,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         "Threats: " + "; ".join(f"`{k}` = `{v}`" for k, v in THREATS.items() if k in threats) + ".",
         "",
     ]
-    fig, axes = plt.subplots(1, max(1, len(threats)), figsize=(5.5 * max(1, len(threats)), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(threats)), figsize=(5.5 * max(1, len(threats)), 5.0), squeeze=False)
     verdict_rows: list[str] = []
     for ax, threat in zip(axes[0], threats, strict=False):
         tcs = sorted(t for (th, t) in cells if th == threat)
@@ -744,12 +744,13 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                              f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
                              f"{_paired(recs, best)} |")  # fmt: skip
         lines.append("")
-        for agent, pts in sorted(series.items()):
-            xs = [p[0] for p in pts]
+        for i, (agent, pts) in enumerate(sorted(series.items())):
+            xs = [p[0] + 0.7 * (i - (len(series) - 1) / 2) for p in pts]  # side by side where agents share a t_c
             ax.errorbar(xs, [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
                         marker="o", capsize=3, label=agent)  # fmt: skip
-        if best_series:
-            ax.plot([p[0] for p in best_series], [p[1] for p in best_series], "k--", label="best constant a")
+        if best_series:  # a marker too: a cell alone draws no line
+            ax.plot([p[0] for p in best_series], [p[1] for p in best_series], "k--", marker="_", markersize=16,
+                    label="best constant a")  # fmt: skip
         if share_series:
             ax.plot([p[0] for p in share_series], [p[1] for p in share_series], ":", color="grey", marker="x",
                     label="defence share (sigma = 0)")  # fmt: skip
@@ -757,7 +758,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         ax.set_xlabel("t_c")
         ax.set_ylabel("r_1 = Q(x_0) - Q(x_0 | sigma = 0)")
         ax.set_title(f"threat: {threat}")
-        ax.legend(fontsize=8)
+        ax.set_xticks(sorted(set(tcs)))
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)  # below: the data stay clear
         verdict_rows += _fig7_verdicts(threat, cells, stats)
         verdict_rows += _share_reading(threat, dict(share_series), series)
     fig.tight_layout()
