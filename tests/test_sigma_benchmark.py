@@ -324,3 +324,17 @@ def test_verdict_needs_paired_evidence_to_beat() -> None:
     assert sb._verdict([{}], unpaired, lo=best["mean_r1"] + 0.01, hi=best["mean_r1"] + 0.03) == "beats"
     assert sb._verdict([{}], unpaired, lo=best["mean_r1"] - 0.3, hi=best["mean_r1"] - 0.1) == "below"
     assert sb._verdict([{}], None, lo=0.0, hi=1.0) == "references pending"
+
+
+def test_every_agent_config_is_a_valid_args() -> None:
+    """Each benchmark agent's overrides build an :class:`agents.ppo_sigma.Args` (a typo or a bad value fails here,
+    not hours into a grid run), and the gamma-1 variants differ from the paper's PPO in gamma (and budget) only."""
+    from agents.ppo_sigma import Args
+
+    for name, cfg in sb.AGENTS.items():
+        args = Args(**cfg)
+        assert args.total_timesteps >= 1, name
+    ppo, g1, g1_long = (dataclasses.asdict(Args(**sb.AGENTS[k])) for k in ("ppo", "ppo_gamma1", "ppo_gamma1_long"))
+    assert ppo["gamma"] == 0.995 and g1["gamma"] == g1_long["gamma"] == 1.0
+    assert {k for k in ppo if ppo[k] != g1[k]} == {"gamma"}
+    assert {k for k in ppo if ppo[k] != g1_long[k]} == {"gamma", "total_timesteps"}
