@@ -95,8 +95,12 @@ AGENTS: dict[str, dict[str, Any]] = {
     # (r_t = D_t - D_{t+1}), so under gamma < 1 the discounted return is gamma^(T-1) r_1 plus (1 - gamma) times the
     # discounted sum of the intermediate D_t (the x0 predictions' quality difference, which injected noise lowers):
     # 1 - 0.995^59 = 26% of the objective at t_c 60, 9% at t_c 20. With gamma 1 the return is exactly r_1.
+    # Measured at shift / t_c 60 (3 seeds): IQM r_1 +0.082 [+0.068, +0.092] against PPO's +0.048 [+0.025, +0.060],
+    # still below a = 1 (+0.112; paired -0.044, -0.028, -0.020, two CIs containing 0); one seed in three still drops
+    # to a = 0 mid-episode (PPO: two in three), so the discount is not the whole cause.
     "ppo_gamma1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0},
-    # the same with three times the steps: at t_c 60, 32,768 env steps are 546 episodes, a third of t_c 20's 1,638
+    # the same with three times the steps: at t_c 60, 32,768 env steps are 546 episodes, a third of t_c 20's 1,638.
+    # Measured (seed 0): mean action 0.18, r_1 +0.035, below its own 32,768-step run (+0.068): more steps alone do not help
     "ppo_gamma1_long": {"algo": "ppo", "total_timesteps": 98304, "gamma": 1.0},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
