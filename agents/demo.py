@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agents.evaluate_sigma import (
+    _ci95,
     evaluate_policy,
     markdown_table,
     reference_policies,
@@ -141,25 +140,19 @@ def _threat_cost(attacked: Any, kw: dict, n_samples: int) -> dict | None:
     """
     if kw.get("attack", "gaussian") == "none":
         return None
-    from scipy import stats
-
     clean = evaluate_policy("sigma=0, no threat", ConstantAction(0.0), {**kw, "attack": "none"}, n_samples=n_samples,
                             seed=10_000, mirror_baseline=True)  # fmt: skip
     diff = attacked.q0_baseline - clean.q0_agent  # negative: the threat lowers Q
-    half = float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     return {"q0_no_threat": float(clean.q0_agent.mean()), "q0_threat": float(attacked.q0_baseline.mean()),
-            "mean": float(diff.mean()), "ci95": [float(diff.mean()) - half, float(diff.mean()) + half]}  # fmt: skip
+            "mean": float(diff.mean()), "ci95": list(_ci95(diff))}  # fmt: skip
 
 
 def _paired_vs_best(results: list, rows: list[dict]) -> dict:
     """PPO's r_1 minus the best constant's on the same samples: mean and a 95% t-interval of the paired difference."""
-    from scipy import stats
-
     best = max((r for r in rows if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
     ppo_r1 = next(r for r in results if r.name == "PPO").r1
     diff = ppo_r1 - next(r for r in results if r.name == best["schedule"]).r1
-    half = float(stats.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return {"best": best["schedule"], "mean": float(diff.mean()), "ci95": [float(diff.mean()) - half, float(diff.mean()) + half]}
+    return {"best": best["schedule"], "mean": float(diff.mean()), "ci95": list(_ci95(diff))}
 
 
 def _reading(rows: list[dict], meta: dict | None = None) -> str:
