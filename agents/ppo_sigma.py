@@ -139,6 +139,12 @@ class Args:
     """gSDE: redraw the noise matrix every n steps (-1: once per rollout)"""
     log_std_init: float = 0.0
     """initial log std of the Gaussian policy (SB3's default is 0; PPO / RecurrentPPO / SAC / TQC)"""
+    init_action: float = 0.5
+    """PPO / RecurrentPPO with the Gaussian: the policy's initial mean action a in the env's [0, 1] at every state
+    (0.5, default: the middle of the box, SB3's zero bias under the rescaled action). A start at a fixed schedule,
+    as residual policy learning does (Silver et al. 2018): 1.0 starts the learner at the constant a = 1 and leaves
+    it to find where to move away. Set through the action head's bias; its weights start near 0 (SB3's orthogonal
+    init, gain 0.01), so the start is the constant up to about 1e-2"""
     normalize_obs: bool = True
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True
@@ -177,6 +183,11 @@ class Args:
         if self.extractor.startswith("cnn") and "x_t" not in _observed_keys(self.observe):
             raise ValueError(f"extractor={self.extractor!r} needs x_t observed ('x_t,t' or 'x_t,t,q'), got "
                              f"observe={self.observe!r}")  # fmt: skip
+        if not 0.0 <= self.init_action <= 1.0:
+            raise ValueError(f"init_action must be in [0, 1] (the env's action box), got {self.init_action}")
+        if self.init_action != 0.5 and (self.algo not in ("ppo", "recurrent_ppo") or self.distribution != "gaussian"):
+            raise ValueError(f"init_action={self.init_action} is implemented for algo 'ppo' / 'recurrent_ppo' with "
+                             f"distribution='gaussian', got algo={self.algo!r}, distribution={self.distribution!r}")  # fmt: skip
         if self.distribution == "beta" and self.use_sde:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
@@ -476,6 +487,16 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
                use_sde=args.use_sde, sde_sample_freq=args.sde_sample_freq, policy_kwargs=policy_kwargs, **common)  # fmt: skip
 
 
+def _set_initial_action(model: Any, init_action: float) -> None:
+    """Start the Gaussian policy's mean at ``init_action`` (env units, [0, 1]) for every state: the learner sees the
+    action rescaled to [-1, 1] (``RescaleAction``), so the action head's bias is set to ``2 * init_action - 1``.
+    """
+    if init_action == 0.5:  # SB3's zero bias already means a = 0.5
+        return
+    with torch.no_grad():
+        model.policy.action_net.bias.fill_(2.0 * init_action - 1.0)
+
+
 def train(args: Args) -> SB3SigmaPolicy:
     """Train on DDIMSigma-v0; save ``<out_dir>/policy.zip``, ``obs_rms.pkl`` and ``args.json``; return the policy."""
     from stable_baselines3.common.vec_env import VecNormalize
@@ -487,6 +508,7 @@ def train(args: Args) -> SB3SigmaPolicy:
     venv = make_train_env(args)
     venv.seed(args.seed)
     model = _learner(args, venv, out)
+    _set_initial_action(model, args.init_action)
     # with hold_action one learner step is a whole episode of t_c env steps
     steps = max(1, args.total_timesteps // args.t_c) if args.hold_action else args.total_timesteps
     model.learn(total_timesteps=steps, progress_bar=args.progress_bar, tb_log_name=args.algo)

@@ -102,9 +102,18 @@ AGENTS: dict[str, dict[str, Any]] = {
     # the same with three times the steps: at t_c 60, 32,768 env steps are 546 episodes, a third of t_c 20's 1,638.
     # Measured (seed 0): mean action 0.18, r_1 +0.035, below its own 32,768-step run (+0.068): more steps alone do not help
     "ppo_gamma1_long": {"algo": "ppo", "total_timesteps": 98304, "gamma": 1.0},
+    # the paper's PPO (gamma 1) started at the constant a = 1 instead of the box's middle (residual policy learning,
+    # Silver et al. 2018): does the learner keep or improve on the best constant at t_c 60 when it starts there?
+    "ppo_init1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
+
+
+#: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
+#: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
+#: fingerprint (any other value is part of it).
+ADDED_ARGS: dict[str, Any] = {"init_action": 0.5}
 
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:
@@ -213,6 +222,9 @@ class SigmaEntry:
         for name in ("out_dir", "progress_bar", "tensorboard", "device"):
             args.pop(name)
         args["ent_coef"] = str(resolved_ent_coef(self._args()))  # PPO's 'auto' moved from SB3's 0 to 0.01
+        for name, neutral in ADDED_ARGS.items():  # at the value that reproduces older entries: left out, so they stay valid
+            if name in args and args[name] == neutral:
+                args.pop(name)
         return args
 
     def weights(self) -> dict[str, str]:

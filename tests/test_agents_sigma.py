@@ -133,6 +133,23 @@ def test_every_learner_trains_saves_loads_and_evaluates(env_kwargs, tmp_path, al
     assert res.r1.shape == (3,) and res.action_by_t.shape == (3,)
 
 
+@pytest.mark.parametrize("algo", ["ppo", "recurrent_ppo"])
+def test_init_action_starts_the_policy_at_that_constant(env_kwargs, tmp_path, algo) -> None:
+    """``init_action`` (a start at a fixed schedule): before any update the policy's mean action is that constant
+    at every state; the default 0.5 is SB3's own start (the middle of the box)."""
+    from agents.ppo_sigma import Args, train
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    rng = np.random.default_rng(0)
+    obs = {"x_t": rng.normal(size=(4, 1, 8, 8)).astype(np.float32), "t": np.array([[1.0], [2.0], [3.0], [3.0]], np.float32)}
+    for init in (0.5, 0.9):  # learning rate 0: the start is what is saved
+        args = Args(algo=algo, **kw, evaluator="piqe", init_action=init, learning_rate=0.0, num_envs=2, total_timesteps=12,
+                    n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
+                    out_dir=str(tmp_path / f"{algo}{init}"))  # fmt: skip
+        action, _ = train(args).predict(obs, episode_start=np.ones(4, bool), deterministic=True)
+        np.testing.assert_allclose(action, init, atol=0.02)
+
+
 def test_time_only_ablation_sees_only_t(env_kwargs, tmp_path) -> None:
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
@@ -169,6 +186,10 @@ def test_learner_args_reject_bad_values() -> None:
         Args(algo="ppo", ent_coef="auto_0.1")
     with pytest.raises(ValueError, match="extractor must be 'auto', 'flatten', 'cnn' or 'cnn_gated', got 'vit'"):
         Args(extractor="vit")
+    with pytest.raises(ValueError, match=r"init_action must be in \[0, 1\] .* got 1.5"):
+        Args(init_action=1.5)
+    with pytest.raises(ValueError, match="init_action=1.0 is implemented for algo 'ppo' / 'recurrent_ppo'"):
+        Args(algo="sac", init_action=1.0)
     from agents.ppo_sigma import parse_args, resolved_extractor
 
     assert resolved_extractor(Args()) == "cnn_gated" and resolved_extractor(Args(observe="t")) == "flatten"
