@@ -34,6 +34,7 @@ r_1 with stratified bootstrap 95% CIs.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import hashlib
 import json
@@ -103,8 +104,14 @@ AGENTS: dict[str, dict[str, Any]] = {
     # Measured (seed 0): mean action 0.18, r_1 +0.035, below its own 32,768-step run (+0.068): more steps alone do not help
     "ppo_gamma1_long": {"algo": "ppo", "total_timesteps": 98304, "gamma": 1.0},
     # the paper's PPO (gamma 1) started at the constant a = 1 instead of the box's middle (residual policy learning,
-    # Silver et al. 2018): does the learner keep or improve on the best constant at t_c 60 when it starts there?
-    "ppo_init1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0},
+    # Silver et al. 2018), with rollouts of 120 steps per env (two whole episodes at t_c 60: Monte-Carlo returns with
+    # no bootstrap at the rollout's end, 32 episodes per update instead of 8.5). Screened at shift / t_c 60 (seed 0,
+    # 100 samples, paired to a = 1; `run --agents ppo_gamma1 --t-c 60 --threats shift --seeds 0 --n-eval 100
+    # --set ...` with its own --results-dir): started at a = 1 with 32-step rollouts (`--set init_action=1.0`) it
+    # drifts off (a 0.6 in the first steps, -0.042 [-0.108, +0.025]); from the middle with 120-step rollouts
+    # (`--set n_steps=120`) it falls lower (-0.116 [-0.222, -0.011]); both together hold a ~ 0.98 (-0.020
+    # [-0.031, -0.009]).
+    "ppo_init1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0, "n_steps": 120},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
@@ -613,6 +620,26 @@ def _current_entry(record: dict[str, Any]) -> SigmaEntry:
 _WEIGHTS_IDS: dict[tuple[str, str, float, float], dict[str, str]] = {}
 
 
+def _parse_set(items: list[str]) -> tuple[tuple[str, Any], ...]:
+    """``["n_steps=120", "init_action=1.0"]`` -> ``(("n_steps", 120), ("init_action", 1.0))``: each a field of
+    :class:`agents.ppo_sigma.Args`, its value parsed as a Python literal (else kept as a string). Raises ValueError
+    naming an item without ``=`` or a field Args does not have.
+    """
+    from agents.ppo_sigma import Args
+
+    out = []
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in Args.__annotations__:
+            raise ValueError(f"--set takes FIELD=VALUE with FIELD an agents.ppo_sigma.Args field, got {item!r}")
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.append((name, value))
+    return tuple(out)
+
+
 def _weights_ids(model: str, evaluator: str) -> dict[str, str]:
     """``SigmaEntry.weights``, hashed once per (model, evaluator, weight files' modification times)."""
     from robust_envs.diffusion.models import EMBEDDED_UNET, model_weights_id
@@ -1033,6 +1060,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     run.add_argument("--n-eval", type=int, default=500)
     run.add_argument("--timesteps", type=int, default=None, help="override every agent's training budget")
+    run.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                     help="override agents.ppo_sigma.Args fields of every agent (a screen of a variant, e.g. "
+                          "`--set n_steps=120 init_action=1.0`; the report takes such entries for stale: give them "
+                          "their own --results-dir and --checkpoint-dir)")  # fmt: skip
     run.add_argument("--no-references", action="store_true", help="skip the reference entries")
     run.add_argument("--references-only", action="store_true", help="only the reference entries")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -1074,6 +1105,7 @@ def main(argv: list[str] | None = None) -> None:
               "device": ns.device, "threads": ns.threads, "model": ns.model, "evaluator": ns.evaluator,
               "stride": ns.stride}  # fmt: skip
     overrides = (("total_timesteps", ns.timesteps),) if ns.timesteps else ()
+    overrides += _parse_set(ns.set)
     specs: list[SigmaEntry] = []
     for threat in ns.threats:
         for t_c in ns.t_c:

@@ -338,3 +338,19 @@ def test_every_agent_config_is_a_valid_args() -> None:
     assert ppo["gamma"] == 0.995 and g1["gamma"] == g1_long["gamma"] == 1.0
     assert {k for k in ppo if ppo[k] != g1[k]} == {"gamma"}
     assert {k for k in ppo if ppo[k] != g1_long[k]} == {"gamma", "total_timesteps"}
+
+
+def test_added_args_keep_older_fingerprints_and_set_overrides_parse() -> None:
+    """An Args field added later (``init_action``) is left out of the fingerprint at its neutral value, so entries
+    recorded before it stay valid; any other value is part of it. ``run --set`` parses FIELD=VALUE literals."""
+    a = sb.SigmaEntry("ppo", 20, "seed", seed=0)
+    assert "init_action" not in a.training_args()
+    moved = sb.SigmaEntry("ppo", 20, "seed", seed=0, agent_overrides=(("init_action", 1.0),))
+    assert moved.training_args()["init_action"] == 1.0 and moved.fingerprint() != a.fingerprint()
+    assert sb.SigmaEntry("ppo_init1", 60, "shift").training_args()["init_action"] == 1.0
+    assert sb._parse_set(["n_steps=120", "init_action=1.0", "observe=t"]) == (
+        ("n_steps", 120), ("init_action", 1.0), ("observe", "t"))
+    with pytest.raises(ValueError, match="FIELD=VALUE .* got 'warp=9'"):
+        sb._parse_set(["warp=9"])
+    with pytest.raises(ValueError, match="got 'n_steps'"):
+        sb._parse_set(["n_steps"])
