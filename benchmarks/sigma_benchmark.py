@@ -112,6 +112,12 @@ AGENTS: dict[str, dict[str, Any]] = {
     # (`--set n_steps=120`) it falls lower (-0.116 [-0.222, -0.011]); both together hold a ~ 0.98 (-0.020
     # [-0.031, -0.009]).
     "ppo_init1": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0, "n_steps": 120},
+    # the same start as a contextual bandit: one action per episode from x_{t_c}, held to t = 1 (`hold_action`), so each
+    # exploration draw moves the whole episode and its effect on r_1 is not diluted over t_c independent per-step draws
+    # (32,768 env steps = 546 decisions at t_c 60). Screened at shift / t_c 60, seed 1 (the seed where ppo_init1 drifts
+    # to 0.85), 100 samples: paired to a = 1 +0.022 [-0.034, +0.078] (ppo_init1 on the same samples -0.076).
+    "ppo_init1_hold": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0, "hold_action": True,
+                       "n_steps": 8, "batch_size": 32},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
