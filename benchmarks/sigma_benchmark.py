@@ -107,7 +107,7 @@ AGENTS: dict[str, dict[str, Any]] = {
     # Silver et al. 2018), with rollouts of 120 steps per env (two whole episodes at t_c 60: Monte-Carlo returns with
     # no bootstrap at the rollout's end, 32 episodes per update instead of 8.5). Screened at shift / t_c 60 (seed 0,
     # 100 samples, paired to a = 1; `run --agents ppo_gamma1 --t-c 60 --threats shift --seeds 0 --n-eval 100
-    # --set ...` with its own --results-dir): started at a = 1 with 32-step rollouts (`--set init_action=1.0`) it
+    # --set ...` with its own --results-dir and --checkpoint-dir, then `report` on that folder): started at a = 1 with 32-step rollouts (`--set init_action=1.0`) it
     # drifts off (a 0.6 in the first steps, -0.042 [-0.108, +0.025]); from the middle with 120-step rollouts
     # (`--set n_steps=120`) it falls lower (-0.116 [-0.222, -0.011]); both together hold a ~ 0.98 (-0.020
     # [-0.031, -0.009]).
@@ -281,6 +281,7 @@ class SigmaEntry:
             "schema_version": SCHEMA_VERSION, "fingerprint": self.fingerprint(), "name": self.name,
             "weights": self.weights(), "agent": self.agent, "t_c": self.t_c, "threat": self.threat, "threat_kwargs": THREATS[self.threat],
             "seed": self.seed, "n_eval": self.n_eval, "eval_seed": self.eval_seed, "env_kwargs": self.env_kwargs(),
+            "agent_overrides": [list(pair) for pair in self.agent_overrides],
             "hardware": _hardware(self.device, self.threads), "library_versions": _versions(), "git": _git_at_import(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
@@ -613,10 +614,13 @@ def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
 def _current_entry(record: dict[str, Any]) -> SigmaEntry:
     """The entry a result JSON belongs to, as today's code defines it (raises KeyError / ValueError / TypeError)."""
     agent = record["agent"] if record.get("kind") == "agent" else "reference"
-    steps = (record.get("train_args") or {}).get("total_timesteps")
     overrides: tuple[tuple[str, Any], ...] = ()
-    if agent != "reference" and steps is not None and steps != AGENTS[agent].get("total_timesteps"):
-        overrides = (("total_timesteps", steps),)  # a budget override (`run --timesteps`) is part of the entry
+    if "agent_overrides" in record:  # recorded since `run --set`: the entry's overrides as they were given
+        overrides = tuple((str(k), v) for k, v in record["agent_overrides"])
+    else:  # older entries: a budget override (`run --timesteps`) is the only one they can carry
+        steps = (record.get("train_args") or {}).get("total_timesteps")
+        if agent != "reference" and steps is not None and steps != AGENTS[agent].get("total_timesteps"):
+            overrides = (("total_timesteps", steps),)
     kw = record.get("env_kwargs") or {}
     return SigmaEntry(agent, record["t_c"], record["threat"], seed=record.get("seed", 0), n_eval=record["n_eval"],
                       eval_seed=record["eval_seed"], agent_overrides=overrides, model=kw.get("model", "embedded"),
@@ -672,6 +676,7 @@ def stale_reason(record: dict[str, Any]) -> str | None:
         if entry.fingerprint() == record.get("fingerprint"):
             return None
         then, now = record.get("train_args") or {}, entry.training_args()
+        then, now = {**ADDED_ARGS, **then}, {**ADDED_ARGS, **now}  # an added field at its neutral value is still a value
         diff = [f"{k}: {then[k]} -> {now[k]}" for k in sorted(now) if k in then and str(then[k]) != str(now[k])]
         then_w, now_w = record.get("weights"), entry.weights()
         if then_w is not None:
@@ -1068,8 +1073,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--timesteps", type=int, default=None, help="override every agent's training budget")
     run.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                      help="override agents.ppo_sigma.Args fields of every agent (a screen of a variant, e.g. "
-                          "`--set n_steps=120 init_action=1.0`; the report takes such entries for stale: give them "
-                          "their own --results-dir and --checkpoint-dir)")  # fmt: skip
+                          "`--set n_steps=120 init_action=1.0`); the entry keeps the agent's name, so give a screen "
+                          "its own --results-dir and --checkpoint-dir and `report --results-dir ... --docs-dir ...`")  # fmt: skip
     run.add_argument("--no-references", action="store_true", help="skip the reference entries")
     run.add_argument("--references-only", action="store_true", help="only the reference entries")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

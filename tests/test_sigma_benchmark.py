@@ -350,6 +350,14 @@ def test_added_args_keep_older_fingerprints_and_set_overrides_parse() -> None:
     assert sb.SigmaEntry("ppo_init1", 60, "shift").training_args()["init_action"] == 1.0
     assert sb._parse_set(["n_steps=120", "init_action=1.0", "observe=t"]) == (
         ("n_steps", 120), ("init_action", 1.0), ("observe", "t"))
+    # a screened entry records its overrides, so the report rebuilds it as it was run (not stale)
+    record = {"kind": "agent", "agent": "ppo", "t_c": 20, "threat": "seed", "seed": 0, "n_eval": moved.n_eval,
+              "eval_seed": moved.eval_seed, "env_kwargs": moved.env_kwargs(), "train_args": dataclasses.asdict(moved._args()),
+              "fingerprint": moved.fingerprint(), "name": moved.name, "weights": moved.weights(),
+              "agent_overrides": [["init_action", 1.0]]}  # fmt: skip
+    assert sb.stale_reason(record) is None
+    unrecorded = {k: v for k, v in record.items() if k != "agent_overrides"}
+    assert "init_action: 1.0 -> 0.5" in str(sb.stale_reason(unrecorded))  # without them it is a plain `ppo` entry
     with pytest.raises(ValueError, match="FIELD=VALUE .* got 'warp=9'"):
         sb._parse_set(["warp=9"])
     with pytest.raises(ValueError, match="got 'n_steps'"):
