@@ -54,8 +54,8 @@ from gymnasium.vector import AutoresetMode
 
 from robust_envs.wrappers import SB3VecEnvAdapter
 
-__all__ = ["ALGOS", "PPO_ENT_COEF", "Args", "SB3SigmaPolicy", "env_kwargs", "make_train_env", "resolved_ent_coef",
-           "resolved_extractor", "train"]
+__all__ = ["ALGOS", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "make_train_env", "resolved_ent_coef",
+           "resolved_extractor", "train", "warm_start_action", "warm_start_steps"]
 
 #: Learners: the paper's PPO and the agent-agnostic check (sb3-contrib's TQC and RecurrentPPO, SB3's SAC).
 ALGOS = ("ppo", "sac", "tqc", "recurrent_ppo")
@@ -145,6 +145,13 @@ class Args:
     as residual policy learning does (Silver et al. 2018): 1.0 starts the learner at the constant a = 1 and leaves
     it to find where to move away. Set through the action head's bias; its weights start near 0 (SB3's orthogonal
     init, gain 0.01), so the start is the constant up to about 1e-2"""
+    warm_start: int = 0
+    """episodes per constant of :data:`agents.evaluate_sigma.CONSTANT_GRID` run before learning (0: none). The learner
+    evaluates each constant schedule (and a = 0, r_1 = 0 by definition) on the same ``warm_start`` training episodes
+    (env seeds :data:`WARM_START_SEED` + 10,000 * seed + i, disjoint from the benchmark's evaluation seeds 10,000 + i),
+    and starts its Gaussian mean at the best one (``init_action``), so it need not be told the cell's best constant.
+    The episodes count against ``total_timesteps`` (``warm_start * 4 * t_c`` env steps); the choice is written to
+    ``<out_dir>/warm_start.json``. PPO with the Gaussian only; ``init_action`` must stay at 0.5"""
     normalize_obs: bool = True
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True
@@ -188,6 +195,21 @@ class Args:
         if self.init_action != 0.5 and (self.algo not in ("ppo", "recurrent_ppo") or self.distribution != "gaussian"):
             raise ValueError(f"init_action={self.init_action} is implemented for algo 'ppo' / 'recurrent_ppo' with "
                              f"distribution='gaussian', got algo={self.algo!r}, distribution={self.distribution!r}")  # fmt: skip
+        if self.warm_start < 0:
+            raise ValueError(f"warm_start must be >= 0 (episodes per constant), got {self.warm_start}")
+        if self.warm_start:
+            if self.init_action != 0.5:
+                raise ValueError(f"warm_start={self.warm_start} picks init_action itself; leave init_action at 0.5, got "
+                                 f"{self.init_action}")  # fmt: skip
+            if self.algo not in ("ppo", "recurrent_ppo") or self.distribution != "gaussian":
+                raise ValueError(f"warm_start={self.warm_start} sets the Gaussian's initial mean: algo 'ppo' / "
+                                 f"'recurrent_ppo' with distribution='gaussian' only, got algo={self.algo!r}, "
+                                 f"distribution={self.distribution!r}")  # fmt: skip
+            spent = warm_start_steps(self)
+            if spent >= self.total_timesteps:
+                raise ValueError(f"warm_start={self.warm_start} spends {spent} env steps (warm_start * "
+                                 f"{len(_constant_grid())} constants * t_c {self.t_c}), not less than total_timesteps="
+                                 f"{self.total_timesteps}")  # fmt: skip
         if self.distribution == "beta" and self.use_sde:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
@@ -487,6 +509,49 @@ def _learner(args: Args, venv: Any, out: Path) -> Any:
                use_sde=args.use_sde, sde_sample_freq=args.sde_sample_freq, policy_kwargs=policy_kwargs, **common)  # fmt: skip
 
 
+#: First env seed of the warm-start episodes (:attr:`Args.warm_start`): far from the benchmark's evaluation seeds
+#: (10,000 + i, i < 500 by default) and from the training env's own seeds (``seed`` and up).
+WARM_START_SEED = 1_000_000
+
+
+def _constant_grid() -> tuple[float, ...]:
+    from agents.evaluate_sigma import CONSTANT_GRID
+
+    return CONSTANT_GRID
+
+
+def warm_start_steps(args: Any) -> int:
+    """Env steps the warm start spends: ``warm_start`` episodes of ``t_c`` steps for each constant of the grid."""
+    return int(getattr(args, "warm_start", 0)) * len(_constant_grid()) * int(args.t_c)
+
+
+def warm_start_action(args: Args, progress: bool = False) -> tuple[float, dict[str, Any]]:
+    """Pick the learner's starting action from its own episodes: the constant schedule with the largest mean r_1.
+
+    Each constant ``a`` of :data:`agents.evaluate_sigma.CONSTANT_GRID` runs ``args.warm_start`` episodes on env seeds
+    ``WARM_START_SEED + 10_000 * args.seed + i`` (every constant the same episodes, so the comparison is paired);
+    a = 0 is the env's baseline itself, r_1 = 0 exactly (seed 000 Eq. 18). Returns ``(a_best, record)`` with the
+    mean r_1 of each constant and the seeds used. Raises ``ValueError`` if ``args.warm_start < 1``.
+    """
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.reference import ConstantAction
+
+    if args.warm_start < 1:
+        raise ValueError(f"warm_start must be >= 1 to pick an action, got {args.warm_start}")
+    first = WARM_START_SEED + 10_000 * args.seed
+    kw = env_kwargs(args)
+    means: dict[str, float] = {"0": 0.0}
+    for a in _constant_grid():
+        res = evaluate_policy(f"warm start a={a:g}", ConstantAction(a), kw, n_samples=args.warm_start,
+                              batch_size=min(args.warm_start, max(args.num_envs, 64)), seed=first, keep=0,
+                              progress=progress)  # fmt: skip
+        means[f"{a:g}"] = float(res.r1.mean())
+    best = max(means, key=lambda k: means[k])
+    record = {"episodes_per_constant": args.warm_start, "seeds": [first, first + args.warm_start - 1],
+              "env_steps": warm_start_steps(args), "mean_r1": means, "init_action": float(best)}  # fmt: skip
+    return float(best), record
+
+
 def _set_initial_action(model: Any, init_action: float) -> None:
     """Start the Gaussian policy's mean at ``init_action`` (env units, [0, 1]) for every state: the learner sees the
     action rescaled to [-1, 1] (``RescaleAction``), so the action head's bias is set to ``2 * init_action - 1``.
@@ -504,13 +569,18 @@ def train(args: Args) -> SB3SigmaPolicy:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "args.json").write_text(json.dumps(asdict(args), indent=2))
+    init_action, budget = args.init_action, args.total_timesteps
+    if args.warm_start:
+        init_action, record = warm_start_action(args, progress=args.progress_bar)
+        (out / "warm_start.json").write_text(json.dumps(record, indent=2))
+        budget -= warm_start_steps(args)
     torch.manual_seed(args.seed)
     venv = make_train_env(args)
     venv.seed(args.seed)
     model = _learner(args, venv, out)
-    _set_initial_action(model, args.init_action)
+    _set_initial_action(model, init_action)
     # with hold_action one learner step is a whole episode of t_c env steps
-    steps = max(1, args.total_timesteps // args.t_c) if args.hold_action else args.total_timesteps
+    steps = max(1, budget // args.t_c) if args.hold_action else budget
     model.learn(total_timesteps=steps, progress_bar=args.progress_bar, tb_log_name=args.algo)
     obs_rms = venv.obs_rms if isinstance(venv, VecNormalize) and args.normalize_obs else None
     policy = SB3SigmaPolicy(model, obs_rms, clip_obs=venv.clip_obs if isinstance(venv, VecNormalize) else 10.0,

@@ -118,6 +118,11 @@ AGENTS: dict[str, dict[str, Any]] = {
     # to 0.85), 100 samples: paired to a = 1 +0.022 [-0.034, +0.078] (ppo_init1 on the same samples -0.076).
     "ppo_init1_hold": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "init_action": 1.0, "hold_action": True,
                        "n_steps": 8, "batch_size": 32},
+    # ppo_init1_hold without being told the cell's best constant: the learner spends 32 training episodes on each
+    # constant of the grid (`warm_start`, paired on its own training seeds, counted in the budget: 7,680 of the 32,768
+    # env steps at t_c 60) and starts at the best one, then learns as ppo_init1_hold
+    "ppo_warm_hold": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
+                      "n_steps": 8, "batch_size": 32},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
@@ -126,7 +131,7 @@ AGENTS: dict[str, dict[str, Any]] = {
 #: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
 #: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
 #: fingerprint (any other value is part of it).
-ADDED_ARGS: dict[str, Any] = {"init_action": 0.5}
+ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0}
 
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:
@@ -341,7 +346,9 @@ class SigmaEntry:
         result = evaluate_policy(self.agent, policy, self.env_kwargs(), self.n_eval, 250, self.eval_seed, progress=False)
         row = summarize([result])[0]
         row["independent"] = independent_measures(result.x0_all)
-        return {"kind": "agent", "row": row, "r1": [round(float(v), 6) for v in result.r1],
+        warm_file = ckpt / "warm_start.json"
+        warm = read_json_or_warn(warm_file, "the entry records no warm start") if warm_file.is_file() else None
+        return {"kind": "agent", "row": row, "warm_start": warm, "r1": [round(float(v), 6) for v in result.r1],
                 "r1_heldout": heldout_r1(result.x0_all, result.x0_baseline_all), "heldout_scorer": heldout_scorer_id(),
                 "train_args": dataclasses.asdict(args), "train_time_s": train_time, "train_cpu_s": train_cpu,
                 "checkpoint_reused": reused, "eval_time_s": time.perf_counter() - t1}  # fmt: skip

@@ -150,6 +150,38 @@ def test_init_action_starts_the_policy_at_that_constant(env_kwargs, tmp_path, al
         np.testing.assert_allclose(action, init, atol=0.02)
 
 
+def test_warm_start_picks_its_best_constant_on_its_own_seeds_and_spends_the_budget(env_kwargs, tmp_path) -> None:
+    """``warm_start``: each constant runs the same training episodes (seeds apart from the evaluation's), the
+    learner starts at the one with the largest mean r_1 (a = 0 scores 0 exactly), and those episodes are paid from
+    ``total_timesteps``."""
+    from agents.evaluate_sigma import CONSTANT_GRID
+    from agents.ppo_sigma import WARM_START_SEED, Args, train, warm_start_steps
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    args = Args(**kw, evaluator="piqe", warm_start=3, learning_rate=0.0, num_envs=2, total_timesteps=60, n_steps=6,
+                batch_size=6, prefix_pool=4, seed=1, progress_bar=False, tensorboard=False, out_dir=str(tmp_path))  # fmt: skip
+    assert warm_start_steps(args) == 3 * len(CONSTANT_GRID) * 3
+    policy = train(args)
+    record = json.loads((tmp_path / "warm_start.json").read_text())
+    assert record["seeds"] == [WARM_START_SEED + 10_000, WARM_START_SEED + 10_002] and record["mean_r1"]["0"] == 0.0
+    means = {a: evaluate_policy("a", ConstantAction(a), {**kw, "evaluator": "piqe"}, n_samples=3,
+                                seed=WARM_START_SEED + 10_000, progress=False).r1.mean() for a in CONSTANT_GRID}  # fmt: skip
+    for a, m in means.items():
+        assert record["mean_r1"][f"{a:g}"] == pytest.approx(m, abs=1e-6)
+    best = max([0.0, *means], key=lambda a: means.get(a, 0.0))
+    assert record["init_action"] == best and record["env_steps"] == 36
+    obs = {"x_t": np.zeros((2, 1, 8, 8), np.float32), "t": np.array([[1.0], [3.0]], np.float32)}
+    action, _ = policy.predict(obs, deterministic=True)  # learning rate 0: the start is what is saved
+    np.testing.assert_allclose(action, best, atol=0.02)
+    assert policy.model.num_timesteps <= 60 - 36 + args.num_envs * args.n_steps  # the rest of the budget, whole rollouts
+    with pytest.raises(ValueError, match="warm_start=2 picks init_action itself"):
+        Args(warm_start=2, init_action=1.0)
+    with pytest.raises(ValueError, match=r"warm_start=9 spends 720 env steps .* total_timesteps=700"):
+        Args(warm_start=9, t_c=20, total_timesteps=700)
+    with pytest.raises(ValueError, match="warm_start must be >= 0"):
+        Args(warm_start=-1)
+
+
 def test_time_only_ablation_sees_only_t(env_kwargs, tmp_path) -> None:
     from agents.ppo_sigma import Args, SB3SigmaPolicy, train
 
