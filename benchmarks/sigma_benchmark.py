@@ -839,6 +839,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                   "The reference grid steps a by 0.25; where the best constant may lie between its points, `finer` "
                   "evaluates more constants on the same samples, and agents are paired against the best of them:", ""]
         lines += finer
+    lines += _warm_start_lines(records)
     if stale_records:
         lines += ["", "Stale entries, left out of the tables and the figure above (made on other weights or training "
                   "arguments, so not comparable with the current entries; `run` retrains and re-evaluates them); "
@@ -858,6 +859,33 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _warm_start_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A section on the agents that pick their own start (``Args.warm_start``): per entry, the mean r_1 of each
+    constant on the agent's own training episodes and the start it took, next to the cell's best constant on the
+    evaluation samples (the reference). Empty when no entry has a warm start.
+    """
+    warm = [r for r in records if isinstance(r.get("warm_start"), dict)]
+    if not warm:
+        return []
+    refs = {(r["threat"], r["t_c"]): r for r in records if r.get("kind") == "reference"}
+    lines = ["", "## Warm starts", "",
+             "Agents with `warm_start` evaluate every constant of the grid on their own training episodes (env seeds "
+             "1,000,000 + 10,000 * seed + i, apart from the evaluation's; paired; paid from the training budget) and "
+             "start at the best; the cell's best constant on the evaluation samples is shown beside it:", "",
+             "| threat | t_c | agent | seed | episodes per constant | training-episode mean r_1 per constant | start | "
+             "best constant (evaluation) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in sorted(warm, key=lambda r: (r["threat"], r["t_c"], r["agent"], r["seed"])):
+        w = r["warm_start"]
+        means = ", ".join(f"{k} {v:+.3f}" for k, v in w["mean_r1"].items())
+        ref = refs.get((r["threat"], r["t_c"]))
+        consts = [row for row in (ref or {}).get("rows", []) if row["schedule"].startswith("a=")]
+        best = max(consts, key=lambda row: row["mean_r1"]) if consts else None
+        best_text = f"{best['schedule']} ({best['mean_r1']:+.3f})" if best and best["mean_r1"] > 0 else ("a=0" if best else "-")
+        lines.append(f"| `{r['threat']}` | {r['t_c']} | {r['agent']} | {r['seed']} | {w['episodes_per_constant']} | "
+                     f"{means} | a={w['init_action']:g} | {best_text} |")  # fmt: skip
+    return lines
 
 
 def _share_reading(threat: str, share: dict[int, float], series: dict[str, list[tuple[int, float, float, float]]]) -> list[str]:
@@ -997,7 +1025,9 @@ def _loads(records: list[dict[str, Any]]) -> str:
 def _progress(records: list[dict[str, Any]]) -> list[str]:
     """Which entries of the full grid exist, what they cost, and the commands that finish the rest."""
     have = {(r["agent"], r["threat"], r["t_c"], r["seed"]) for r in records}
-    lines = ["Training budgets: " + "; ".join(f"{a} {cfg['total_timesteps']:,} env steps" for a, cfg in AGENTS.items())
+    lines = ["Training budgets: " + "; ".join(f"{a} {cfg['total_timesteps']:,} env steps"
+                                              + (f" (its first {cfg['warm_start']} episodes per constant pick the start)"
+                                                 if cfg.get("warm_start") else "") for a, cfg in AGENTS.items())
              + " (16 envs, `agents.ppo_sigma` defaults otherwise); evaluation: 500 samples per schedule.", "",
              "| entry | done / grid | mean train s | mean eval s | hardware |", "|---|---|---|---|---|"]  # fmt: skip
     kinds = [("reference", tuple(sorted({t for v in FULL_GRID.values() for t in v})), (0,))]

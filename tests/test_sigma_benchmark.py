@@ -363,3 +363,17 @@ def test_added_args_keep_older_fingerprints_and_set_overrides_parse() -> None:
         sb._parse_set(["warp=9"])
     with pytest.raises(ValueError, match="got 'n_steps'"):
         sb._parse_set(["n_steps"])
+
+
+def test_warm_start_section_names_each_start_next_to_the_cells_best_constant() -> None:
+    """The report's warm-start table: the start an agent picked on its own episodes beside the best constant of the
+    evaluation samples; no section without a warm-started entry."""
+    ref = {"kind": "reference", "threat": "shift", "t_c": 60,
+           "rows": [{"schedule": "a=0.5", "mean_r1": 0.02}, {"schedule": "a=1", "mean_r1": 0.112},
+                    {"schedule": "random", "mean_r1": 0.5}]}  # fmt: skip
+    warm = {"kind": "agent", "agent": "ppo_warm_hold", "threat": "shift", "t_c": 60, "seed": 1,
+            "warm_start": {"episodes_per_constant": 32, "mean_r1": {"0": 0.0, "0.75": 0.05, "1": 0.09}, "init_action": 1.0}}
+    lines = sb._warm_start_lines([ref, warm, {"kind": "agent", "agent": "ppo", "threat": "shift", "t_c": 60, "seed": 0}])
+    assert lines[1] == "## Warm starts"
+    assert lines[-1] == "| `shift` | 60 | ppo_warm_hold | 1 | 32 | 0 +0.000, 0.75 +0.050, 1 +0.090 | a=1 | a=1 (+0.112) |"
+    assert sb._warm_start_lines([ref]) == []
