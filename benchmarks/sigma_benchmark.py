@@ -839,7 +839,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                   "The reference grid steps a by 0.25; where the best constant may lie between its points, `finer` "
                   "evaluates more constants on the same samples, and agents are paired against the best of them:", ""]
         lines += finer
-    lines += _warm_start_lines(records)
+    lines += _pick_risk_lines(records) + _warm_start_lines(records)
     if stale_records:
         lines += ["", "Stale entries, left out of the tables and the figure above (made on other weights or training "
                   "arguments, so not comparable with the current entries; `run` retrains and re-evaluates them); "
@@ -859,6 +859,65 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: Episodes per constant at which :func:`constant_pick_risk` is tabulated in the report.
+PICK_EPISODES = (8, 16, 32, 64, 128, 256)
+
+
+def constant_pick_risk(r1_by_constant: dict[str, np.ndarray], n_episodes: int, draws: int = 4000,
+                       rng_seed: int = 0) -> tuple[float, float]:  # fmt: skip
+    """How well ``n_episodes`` paired episodes per constant find the best constant (explore-then-commit).
+
+    ``r1_by_constant`` maps each constant to its per-sample r_1 on the same ``N`` samples (a reference entry's
+    rows; ``a=0`` is added as zeros, r_1 = 0 by seed 000 Eq. 18). Each draw resamples ``n_episodes`` sample indices
+    with replacement (the same for every constant: paired) and picks the constant with the largest mean. Returns
+    ``(p_best, loss)``: the fraction of draws that pick the constant best on all ``N`` samples, and the mean r_1 given
+    up by the pick (best minus picked, both on all ``N``; >= 0). A bootstrap of the ``N`` samples, so it is only
+    meaningful for ``n_episodes`` well below ``N``. Raises ``ValueError`` for rows of unequal length or
+    ``n_episodes < 1``.
+    """
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    names = list(r1_by_constant)
+    lengths = {len(v) for v in r1_by_constant.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"every constant needs r_1 on the same samples, got lengths {sorted(lengths)}")
+    (n_samples,) = lengths
+    table = np.stack([np.asarray(r1_by_constant[k], dtype=np.float64) for k in names])
+    if "a=0" not in names:
+        names.append("a=0")
+        table = np.vstack([table, np.zeros((1, n_samples))])
+    full = table.mean(1)
+    idx = np.random.default_rng(rng_seed).integers(0, n_samples, size=(draws, n_episodes))
+    picks = np.argmax(table[:, idx].mean(2), axis=0)  # (draws,)
+    return float(np.mean(picks == np.argmax(full))), float(np.mean(full.max() - full[picks]))
+
+
+def _pick_risk_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A table per reference cell: how many paired episodes per constant resolve the best constant
+    (:func:`constant_pick_risk` at :data:`PICK_EPISODES`); empty where no reference keeps per-sample rows.
+    """
+    rows = []
+    for ref in sorted((r for r in records if r.get("kind") == "reference"), key=lambda r: (r["threat"], r["t_c"])):
+        consts = {row["schedule"]: row["r1"] for row in ref.get("rows", []) if row["schedule"].startswith("a=") and row.get("r1")}
+        if len(consts) < 2:
+            continue
+        risk = [constant_pick_risk(consts, n) for n in PICK_EPISODES]
+        best = max(consts, key=lambda k: float(np.mean(consts[k])))
+        best_text = best if np.mean(consts[best]) > 0 else "a=0"
+        cells = " | ".join(f"{p:.2f} / {loss:.3f}" for p, loss in risk)
+        rows.append(f"| `{ref['threat']}` | {ref['t_c']} | {best_text} | {cells} |")
+    if not rows:
+        return []
+    return ["", "## How many episodes resolve the best constant", "",
+            "The simplest learner evaluates every constant on n paired episodes and keeps the best (explore-then-"
+            "commit; `warm_start` does this before learning). Resampling each reference's 500 per-sample r_1 "
+            "(`constant_pick_risk`, 4,000 draws): the probability that n episodes per constant pick the cell's best "
+            "constant / the mean r_1 the pick gives up against it. Where two constants are close the first stays low "
+            "while the second is small; n near 500 is beyond what the bootstrap can tell.", "",
+            "| threat | t_c | best constant | " + " | ".join(f"n = {n}" for n in PICK_EPISODES) + " |",
+            "|---|---|---|" + "---|" * len(PICK_EPISODES)] + rows  # fmt: skip
 
 
 def _warm_start_lines(records: list[dict[str, Any]]) -> list[str]:

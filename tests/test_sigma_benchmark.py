@@ -377,3 +377,21 @@ def test_warm_start_section_names_each_start_next_to_the_cells_best_constant() -
     assert lines[1] == "## Warm starts"
     assert lines[-1] == "| `shift` | 60 | ppo_warm_hold | 1 | 32 | 0 +0.000, 0.75 +0.050, 1 +0.090 | a=1 | a=1 (+0.112) |"
     assert sb._warm_start_lines([ref]) == []
+
+
+def test_constant_pick_risk_resolves_a_clear_gap_and_not_a_tie() -> None:
+    """Explore-then-commit on resampled per-sample r_1: a constant far above the rest is always picked; two equal
+    ones split the picks while giving up nothing; a = 0 (zeros) joins the candidates."""
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=500)
+    clear = {"a=0.5": 0.1 + 0.1 * noise, "a=1": 1.0 + 0.1 * noise}
+    assert sb.constant_pick_risk(clear, 8) == (1.0, 0.0)
+    tie = {"a=0.5": 0.5 + rng.normal(size=500), "a=1": 0.5 + rng.normal(size=500)}
+    p_best, loss = sb.constant_pick_risk(tie, 8)
+    assert 0.2 < p_best < 0.8 and loss < 0.1
+    negative = {"a=1": -1.0 + 0.1 * noise}  # every constant below the baseline: a = 0 is the best
+    assert sb.constant_pick_risk(negative, 4) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="same samples, got lengths"):
+        sb.constant_pick_risk({"a=1": np.zeros(3), "a=0.5": np.zeros(4)}, 2)
+    with pytest.raises(ValueError, match="n_episodes must be >= 1, got 0"):
+        sb.constant_pick_risk(clear, 0)
