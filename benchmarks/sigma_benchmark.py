@@ -591,9 +591,10 @@ def _heldout_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path
                     continue
                 a, ah = np.asarray(r["r1"], dtype=np.float64), np.asarray(r["r1_heldout"], dtype=np.float64)
                 d, dh = a - b[: len(a)], ah - bh[: len(ah)]
-                corr = float(np.corrcoef(d, dh)[0, 1]) if len(d) > 2 and min(d.std(), dh.std()) > 1e-9 else float("nan")
+                # undefined where the agent plays the constant itself (no difference to correlate)
+                corr = f"{np.corrcoef(d, dh)[0, 1]:+.2f}" if len(d) > 2 and min(d.std(), dh.std()) > 1e-9 else "- (no difference)"
                 rows.append(f"| `{threat}` | {t_c} | {agent} | {r['seed']} | {name} | {bh.mean():+.3f} | {ah.mean():+.3f} | "
-                            f"{ci(d)} | {ci(dh)} | {corr:+.2f} |")  # fmt: skip
+                            f"{ci(d)} | {ci(dh)} | {corr} |")  # fmt: skip
     if not rows:
         return []
     return ["", "## Held-out scorer (reward over-optimisation check)", "",
