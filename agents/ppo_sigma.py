@@ -150,8 +150,8 @@ class Args:
     evaluates each constant schedule (and a = 0, r_1 = 0 by definition) on the same ``warm_start`` training episodes
     (env seeds :data:`WARM_START_SEED` + 10,000 * seed + i, disjoint from the benchmark's evaluation seeds 10,000 + i),
     and starts its Gaussian mean at the best one (``init_action``), so it need not be told the cell's best constant.
-    The episodes count against ``total_timesteps`` (``warm_start * 4 * t_c`` env steps); the choice is written to
-    ``<out_dir>/warm_start.json``. PPO with the Gaussian only; ``init_action`` must stay at 0.5"""
+    The episodes count against ``total_timesteps`` (``warm_start * len(CONSTANT_GRID) * t_c`` env steps); the choice is
+    written to ``<out_dir>/warm_start.json``. PPO / RecurrentPPO with the Gaussian only; ``init_action`` must stay at 0.5"""
     normalize_obs: bool = True
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True

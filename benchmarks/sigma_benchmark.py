@@ -901,11 +901,12 @@ def _pick_risk_lines(records: list[dict[str, Any]]) -> list[str]:
     """A table per reference cell: how many paired episodes per constant resolve the best constant
     (:func:`constant_pick_risk` at :data:`PICK_EPISODES`); empty where no reference keeps per-sample rows.
     """
-    rows = []
+    rows, sizes = [], set()
     for ref in sorted((r for r in records if r.get("kind") == "reference"), key=lambda r: (r["threat"], r["t_c"])):
         consts = {row["schedule"]: row["r1"] for row in ref.get("rows", []) if row["schedule"].startswith("a=") and row.get("r1")}
         if len(consts) < 2:
             continue
+        sizes.add(len(next(iter(consts.values()))))
         risk = [constant_pick_risk(consts, n) for n in PICK_EPISODES]
         best = max(consts, key=lambda k: float(np.mean(consts[k])))
         best_text = best if np.mean(consts[best]) > 0 else "a=0"
@@ -915,10 +916,11 @@ def _pick_risk_lines(records: list[dict[str, Any]]) -> list[str]:
         return []
     return ["", "## How many episodes resolve the best constant", "",
             "The simplest learner evaluates every constant on n paired episodes and keeps the best (explore-then-"
-            "commit; `warm_start` does this before learning). Resampling each reference's 500 per-sample r_1 "
+            "commit; `warm_start` does this before learning). Resampling each reference's "
+            f"{', '.join(map(str, sorted(sizes)))} per-sample r_1 "
             "(`constant_pick_risk`, 4,000 draws): the probability that n episodes per constant pick the cell's best "
             "constant / the mean r_1 the pick gives up against it. Where two constants are close the first stays low "
-            "while the second is small; n near 500 is beyond what the bootstrap can tell.", "",
+            "while the second is small; n near the number of samples is beyond what the bootstrap can tell.", "",
             "| threat | t_c | best constant | " + " | ".join(f"n = {n}" for n in PICK_EPISODES) + " |",
             "|---|---|---|" + "---|" * len(PICK_EPISODES)] + rows  # fmt: skip
 
@@ -931,10 +933,12 @@ def _warm_start_lines(records: list[dict[str, Any]]) -> list[str]:
     warm = [r for r in records if isinstance(r.get("warm_start"), dict)]
     if not warm:
         return []
+    from agents.ppo_sigma import WARM_START_SEED
+
     refs = {(r["threat"], r["t_c"]): r for r in records if r.get("kind") == "reference"}
     lines = ["", "## Warm starts", "",
              "Agents with `warm_start` evaluate every constant of the grid on their own training episodes (env seeds "
-             "1,000,000 + 10,000 * seed + i, apart from the evaluation's; paired; paid from the training budget) and "
+             f"{WARM_START_SEED:,} + 10,000 * seed + i, apart from the evaluation's; paired; paid from the training budget) and "
              "start at the best; the cell's best constant on the evaluation samples is shown beside it:", "",
              "| threat | t_c | agent | seed | episodes per constant | training-episode mean r_1 per constant | start | "
              "best constant (evaluation) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
