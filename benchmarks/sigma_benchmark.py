@@ -771,6 +771,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     ]
     fig, axes = plt.subplots(1, max(1, len(threats)), figsize=(5.5 * max(1, len(threats)), 5.0), squeeze=False)
     verdict_rows: list[str] = []
+    glance_at = len(lines)  # the at-a-glance summary goes here once every cell's verdicts are known
+    glance: dict[tuple[str, int], dict[str, tuple[str, float]]] = {}
     for ax, threat in zip(axes[0], threats, strict=False):
         tcs = sorted(t for (th, t) in cells if th == threat)
         lines += [f"## Threat `{threat}`", "",
@@ -803,6 +805,8 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                     iqm, (lo, hi) = per_seed[0], recs[0]["row"]["r1_ci95"]
                 series.setdefault(agent, []).append((t_c, iqm, lo, hi))
                 verdict = _verdict(recs, best, lo, hi)
+                if best is not None:
+                    glance.setdefault((threat, t_c), {})[agent] = (verdict, iqm - best["mean_r1"])
                 lines.append(f"| {t_c} | {agent} | {len(per_seed)} | {iqm:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                              + ", ".join(f"{v:+.3f}" for v in per_seed) + f" | {best_txt} | {fmt('a=1')} | "
                              f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
@@ -826,6 +830,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)  # below: the data stay clear
         verdict_rows += _fig7_verdicts(threat, cells, stats)
         verdict_rows += _share_reading(threat, dict(share_series), series)
+    lines[glance_at:glance_at] = _glance_lines(glance)
     fig.tight_layout()
     (docs_dir / "figures").mkdir(parents=True, exist_ok=True)
     fig.savefig(docs_dir / "figures" / "sigma_fig7.png", dpi=120)
@@ -862,6 +867,28 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     path = docs_dir / "sigma_benchmark.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _glance_lines(glance: dict[tuple[str, int], dict[str, tuple[str, float]]]) -> list[str]:
+    """The report's summary: one row per agent, one column per (threat, t_c) cell, each entry the agent's verdict
+    against the cell's best constant (:func:`_verdict`) with its IQM r_1 minus that constant's mean r_1; ``-`` where
+    the agent has no current entry. Empty when no cell has both agents and references.
+    """
+    if not glance:
+        return []
+    cols = sorted(glance, key=lambda k: (list(THREATS).index(k[0]) if k[0] in THREATS else 99, k[1]))
+    agents = sorted({a for v in glance.values() for a in v})
+    lines = ["## At a glance", "",
+             "Each agent's verdict against the cell's best constant (the protocol above), with its IQM r_1 minus the "
+             "best constant's mean r_1; `-`: not run. The tables below give the CIs and the paired differences.", "",
+             "| agent | " + " | ".join(f"`{th}` t_c {t}" for th, t in cols) + " |",
+             "|---|" + "---|" * len(cols)]  # fmt: skip
+    for agent in agents:
+        cells = [glance[c].get(agent) for c in cols]
+        lines.append(f"| {agent} | " + " | ".join(f"{v[0]} ({v[1]:+.3f})" if v else "-" for v in cells) + " |")
+    counts = {c: sum(v[0] in ("beats", "matches") for v in glance[c].values()) for c in cols}
+    lines.append("| *agents at or above the best constant* | " + " | ".join(str(counts[c]) for c in cols) + " |")
+    return lines + [""]
 
 
 #: Episodes per constant at which :func:`constant_pick_risk` is tabulated in the report.

@@ -294,6 +294,21 @@ def test_report_keeps_stale_entries_out_of_tables(tmp_path: Path, monkeypatch: p
     assert "| 20 | ppo | 1 |" in page and "| 20 | ppo_q |" not in page
     assert f"`shift/tc20/ppo_q_seed0` r_1 {np.mean(old['r1']):+.3f} (model weights moved)" in page
     assert "## Against a finer grid of constants" not in page  # the finer constants were on the old weights
+    glance = page.split("## At a glance")[1].split("## Threat")[0]
+    assert "| ppo | " in glance and "ppo_q" not in glance  # the summary leaves the stale entry out as well
+
+
+def test_glance_table_gives_each_agents_verdict_per_cell() -> None:
+    glance = {("shift", 60): {"ppo": ("below", -0.064), "ppo_warm_hold": ("matches", 0.0004)},
+              ("seed", 20): {"ppo": ("below", -0.038)}, ("shift", 10): {"ppo": ("beats", 0.048)}}  # fmt: skip
+    lines = sb._glance_lines(glance)
+    assert lines[0] == "## At a glance"
+    header = next(line for line in lines if line.startswith("| agent |"))
+    assert header == "| agent | `seed` t_c 20 | `shift` t_c 10 | `shift` t_c 60 |"  # threats in THREATS order
+    assert "| ppo | below (-0.038) | beats (+0.048) | below (-0.064) |" in lines
+    assert "| ppo_warm_hold | - | - | matches (+0.000) |" in lines
+    assert "| *agents at or above the best constant* | 0 | 1 | 1 |" in lines
+    assert sb._glance_lines({}) == []
 
 
 def test_share_reading_counts_t_c_where_the_defence_is_above_every_agent() -> None:
