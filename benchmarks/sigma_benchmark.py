@@ -120,9 +120,8 @@ AGENTS: dict[str, dict[str, Any]] = {
                        "n_steps": 8, "batch_size": 32},
     # ppo_init1_hold without being told the cell's best constant: the learner spends 32 training episodes on each
     # constant of the grid (`warm_start`, paired on its own training seeds, counted in the budget: 7,680 of the 32,768
-    # env steps at t_c 60) and starts at the best one, then learns as ppo_init1_hold. Measured (3 seeds, 500 samples):
-    # matches a = 1 at shift / t_c 60 (IQM +0.112 [+0.090, +0.125]; two warm starts picked a = 0.25 and PPO moved on to
-    # per-image actions with mean 0.5-0.6), at seed / t_c 20 (+0.311) and seed / t_c 60 (+0.541)
+    # env steps at t_c 60) and starts at the best one, then learns as ppo_init1_hold. Its measured verdict per cell:
+    # docs/sigma_benchmark.md, "At a glance" (a comment here would go stale as cells are added)
     "ppo_warm_hold": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
                       "n_steps": 8, "batch_size": 32},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
