@@ -54,8 +54,8 @@ from gymnasium.vector import AutoresetMode
 
 from robust_envs.wrappers import SB3VecEnvAdapter
 
-__all__ = ["ALGOS", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "make_train_env", "resolved_ent_coef",
-           "resolved_extractor", "train", "warm_start_action", "warm_start_steps"]
+__all__ = ["ALGOS", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "initial_mean", "make_train_env",
+           "resolved_ent_coef", "resolved_extractor", "train", "warm_start_action", "warm_start_steps"]
 
 #: Learners: the paper's PPO and the agent-agnostic check (sb3-contrib's TQC and RecurrentPPO, SB3's SAC).
 ALGOS = ("ppo", "sac", "tqc", "recurrent_ppo")
@@ -145,6 +145,14 @@ class Args:
     as residual policy learning does (Silver et al. 2018): 1.0 starts the learner at the constant a = 1 and leaves
     it to find where to move away. Set through the action head's bias; its weights start near 0 (SB3's orthogonal
     init, gain 0.01), so the start is the constant up to about 1e-2"""
+    edge_margin: float = 0.0
+    """PPO / RecurrentPPO with the Gaussian: where the initial action (``init_action``, or the warm start's choice) is
+    an edge of the box (a = 0 or 1), start the Gaussian's mean ``edge_margin`` initial standard deviations past that
+    edge (0: on it). Why: a mean on the edge plays the edge only while it stays there; a mean moved past it still
+    plays the edge (the action is clipped), one moved inside plays less, so update noise can only move the played
+    action inwards (measured: ppo_warm_hold ends at mean action 0.96-1.00 and 0.003-0.014 below a = 1 at seed 000's
+    threat, t_c 30-50, docs/sigma_benchmark.md). With margin m a share Phi(-m) of the exploration draws still lands
+    inside the box (m = 1: 16%) and carries the gradient that moves the mean where an inner action pays"""
     warm_start: int = 0
     """episodes per constant of :data:`agents.evaluate_sigma.CONSTANT_GRID` run before learning (0: none). The learner
     evaluates each constant schedule (and a = 0, r_1 = 0 by definition) on the same ``warm_start`` training episodes
@@ -195,6 +203,12 @@ class Args:
         if self.init_action != 0.5 and (self.algo not in ("ppo", "recurrent_ppo") or self.distribution != "gaussian"):
             raise ValueError(f"init_action={self.init_action} is implemented for algo 'ppo' / 'recurrent_ppo' with "
                              f"distribution='gaussian', got algo={self.algo!r}, distribution={self.distribution!r}")  # fmt: skip
+        if not 0.0 <= self.edge_margin <= 5.0:
+            raise ValueError(f"edge_margin must be in [0, 5] (initial standard deviations), got {self.edge_margin}")
+        if self.edge_margin and (self.algo not in ("ppo", "recurrent_ppo") or self.distribution != "gaussian"):
+            raise ValueError(f"edge_margin={self.edge_margin} moves the Gaussian's initial mean: algo 'ppo' / "
+                             f"'recurrent_ppo' with distribution='gaussian' only, got algo={self.algo!r}, "
+                             f"distribution={self.distribution!r}")  # fmt: skip
         if self.warm_start < 0:
             raise ValueError(f"warm_start must be >= 0 (episodes per constant), got {self.warm_start}")
         if self.warm_start:
@@ -552,14 +566,26 @@ def warm_start_action(args: Args, progress: bool = False) -> tuple[float, dict[s
     return float(best), record
 
 
-def _set_initial_action(model: Any, init_action: float) -> None:
-    """Start the Gaussian policy's mean at ``init_action`` (env units, [0, 1]) for every state: the learner sees the
-    action rescaled to [-1, 1] (``RescaleAction``), so the action head's bias is set to ``2 * init_action - 1``.
+def initial_mean(init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0) -> float:
+    """The Gaussian's initial mean in the learner's rescaled action units ([-1, 1] is the box): ``2 * init_action - 1``,
+    moved ``edge_margin * exp(log_std_init)`` past the box's edge where ``init_action`` is 0 or 1
+    (:attr:`Args.edge_margin`).
     """
-    if init_action == 0.5:  # SB3's zero bias already means a = 0.5
+    mean = 2.0 * init_action - 1.0
+    if init_action in (0.0, 1.0):
+        mean += float(np.sign(mean)) * edge_margin * float(np.exp(log_std_init))
+    return mean
+
+
+def _set_initial_action(model: Any, init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0) -> None:
+    """Start the Gaussian policy's mean at ``init_action`` (env units, [0, 1]) for every state: the learner sees the
+    action rescaled to [-1, 1] (``RescaleAction``), so the action head's bias is set to :func:`initial_mean`.
+    """
+    mean = initial_mean(init_action, edge_margin, log_std_init)
+    if mean == 0.0:  # SB3's zero bias already means a = 0.5
         return
     with torch.no_grad():
-        model.policy.action_net.bias.fill_(2.0 * init_action - 1.0)
+        model.policy.action_net.bias.fill_(mean)
 
 
 def train(args: Args) -> SB3SigmaPolicy:
@@ -578,7 +604,7 @@ def train(args: Args) -> SB3SigmaPolicy:
     venv = make_train_env(args)
     venv.seed(args.seed)
     model = _learner(args, venv, out)
-    _set_initial_action(model, init_action)
+    _set_initial_action(model, init_action, getattr(args, "edge_margin", 0.0), args.log_std_init)
     # with hold_action one learner step is a whole episode of t_c env steps
     steps = max(1, budget // args.t_c) if args.hold_action else budget
     model.learn(total_timesteps=steps, progress_bar=args.progress_bar, tb_log_name=args.algo)

@@ -124,6 +124,12 @@ AGENTS: dict[str, dict[str, Any]] = {
     # docs/sigma_benchmark.md, "At a glance" (a comment here would go stale as cells are added)
     "ppo_warm_hold": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
                       "n_steps": 8, "batch_size": 32},
+    # ppo_warm_hold with the Gaussian's mean started one initial std past the box's edge when the warm start picks an
+    # edge constant (`edge_margin`, agents/ppo_sigma.py): ppo_warm_hold starts on the edge and ends 0.003-0.014 below
+    # a = 1 at seed 000's threat, t_c 30-50 (mean action 0.96-1.00), because update noise can only move a clipped
+    # action inwards. Where the warm start picks an inner constant the two train alike
+    "ppo_warm_hold_edge": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
+                           "n_steps": 8, "batch_size": 32, "edge_margin": 1.0},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
@@ -132,7 +138,7 @@ AGENTS: dict[str, dict[str, Any]] = {
 #: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
 #: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
 #: fingerprint (any other value is part of it).
-ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0}
+ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0, "edge_margin": 0.0}
 
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:

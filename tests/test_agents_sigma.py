@@ -150,6 +150,30 @@ def test_init_action_starts_the_policy_at_that_constant(env_kwargs, tmp_path, al
         np.testing.assert_allclose(action, init, atol=0.02)
 
 
+def test_edge_margin_starts_the_mean_past_an_edge_and_still_plays_the_edge(env_kwargs, tmp_path) -> None:
+    """``edge_margin``: an edge start (a = 1 or 0) puts the Gaussian's mean that many initial stds past the edge,
+    the deterministic action is still the edge (clipped), and an inner start is not moved."""
+    from agents.ppo_sigma import Args, initial_mean, train
+
+    assert initial_mean(1.0, 1.0, 0.0) == pytest.approx(2.0) and initial_mean(0.0, 2.0, np.log(0.5)) == pytest.approx(-2.0)
+    assert initial_mean(0.75, 3.0) == pytest.approx(0.5) and initial_mean(1.0) == pytest.approx(1.0)
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    obs = {"x_t": np.zeros((2, 1, 8, 8), np.float32), "t": np.array([[1.0], [3.0]], np.float32)}
+    for init in (0.0, 1.0):
+        args = Args(**kw, evaluator="piqe", init_action=init, edge_margin=1.0, learning_rate=0.0, num_envs=2,
+                    total_timesteps=12, n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False, tensorboard=False,
+                    out_dir=str(tmp_path / f"edge{init}"))  # fmt: skip
+        policy = train(args)
+        bias = policy.model.policy.action_net.bias.detach().numpy()
+        np.testing.assert_allclose(bias, 2.0 * init - 1.0 + (1.0 if init else -1.0), atol=1e-6)
+        action, _ = policy.predict(obs, deterministic=True)
+        np.testing.assert_allclose(action, init, atol=1e-6)
+    with pytest.raises(ValueError, match=r"edge_margin must be in \[0, 5\] .* got -1.0"):
+        Args(edge_margin=-1.0)
+    with pytest.raises(ValueError, match="edge_margin=1.0 moves the Gaussian's initial mean"):
+        Args(algo="sac", edge_margin=1.0)
+
+
 def test_warm_start_picks_its_best_constant_on_its_own_seeds_and_spends_the_budget(env_kwargs, tmp_path) -> None:
     """``warm_start``: each constant runs the same training episodes (seeds apart from the evaluation's), the
     learner starts at the one with the largest mean r_1 (a = 0 scores 0 exactly), and those episodes are paid from

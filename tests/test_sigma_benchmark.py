@@ -360,7 +360,9 @@ def test_added_args_keep_older_fingerprints_and_set_overrides_parse() -> None:
     recorded before it stay valid; any other value is part of it. ``run --set`` parses FIELD=VALUE literals."""
     a = sb.SigmaEntry("ppo", 20, "seed", seed=0)
     assert "init_action" not in a.training_args() and "warm_start" not in a.training_args()
-    assert sb.SigmaEntry("ppo_warm_hold", 60, "shift").training_args()["warm_start"] == 32
+    warm = sb.SigmaEntry("ppo_warm_hold", 60, "shift").training_args()
+    assert warm["warm_start"] == 32 and "edge_margin" not in warm  # recorded before edge_margin existed
+    assert sb.SigmaEntry("ppo_warm_hold_edge", 60, "shift").training_args() == {**warm, "edge_margin": 1.0}
     moved = sb.SigmaEntry("ppo", 20, "seed", seed=0, agent_overrides=(("init_action", 1.0),))
     assert moved.training_args()["init_action"] == 1.0 and moved.fingerprint() != a.fingerprint()
     assert sb.SigmaEntry("ppo_init1", 60, "shift").training_args()["init_action"] == 1.0
