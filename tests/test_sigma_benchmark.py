@@ -341,6 +341,28 @@ def test_verdict_needs_paired_evidence_to_beat() -> None:
     assert sb._verdict([{}], None, lo=0.0, hi=1.0) == "references pending"
 
 
+def test_best_constant_includes_a_zero_the_baseline_itself() -> None:
+    """The best constant is over seed 000's grid {0, 0.25, ..., 1}: where every measured constant is below 0, it is
+    a = 0 (r_1 = 0 on every sample), so an agent is paired against zeros there, not against the least bad a > 0."""
+    rows = [{"schedule": "a=0.25", "mean_r1": -0.008, "r1": [-0.01, -0.006], "r1_heldout": [-0.02, 0.0], "heldout_scorer": "h"},
+            {"schedule": "a=1", "mean_r1": -0.03, "r1": [-0.03, -0.03]}, {"schedule": "random", "mean_r1": 0.5}]  # fmt: skip
+    zero = sb._best_constant(rows)
+    assert zero == {"schedule": "a=0", "mean_r1": 0.0, "r1_ci95": [0.0, 0.0], "mean_eta": 0.0, "r1": [0.0, 0.0],
+                    "r1_heldout": [0.0, 0.0], "heldout_scorer": "h"}  # fmt: skip
+    rows[1].update(mean_r1=0.02)
+    assert sb._best_constant(rows) is rows[1]
+    assert sb._best_constant([{"schedule": "random", "mean_r1": 0.5}]) is None
+    assert sb._paired([{"seed": 0, "r1": [0.03, 0.05]}], zero).startswith("seed 0: +0.040 [")  # the agent's own r_1
+
+
+def test_iqm_ci_is_reproducible() -> None:
+    """A regenerated report gives the same CIs: the bootstrap does not draw from NumPy's global state."""
+    np.random.seed(1)
+    first = sb._iqm_ci([0.1, 0.2, 0.4])
+    np.random.seed(2)
+    assert sb._iqm_ci([0.1, 0.2, 0.4]) == first
+
+
 def test_every_agent_config_is_a_valid_args() -> None:
     """Each benchmark agent's overrides build an :class:`agents.ppo_sigma.Args` (a typo or a bad value fails here,
     not hours into a grid run), and the gamma-1 variants differ from the paper's PPO in gamma (and budget) only."""
