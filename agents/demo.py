@@ -26,8 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agents.evaluate_sigma import (
     _ci95,
+    best_constant,
     evaluate_policy,
     markdown_table,
     reference_policies,
@@ -149,9 +152,12 @@ def _threat_cost(attacked: Any, kw: dict, n_samples: int) -> dict | None:
 
 def _paired_vs_best(results: list, rows: list[dict]) -> dict:
     """PPO's r_1 minus the best constant's on the same samples: mean and a 95% t-interval of the paired difference."""
-    best = max((r for r in rows if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
+    best = best_constant(rows)
+    assert best is not None, "the demo evaluates the constant grid"
     ppo_r1 = next(r for r in results if r.name == "PPO").r1
-    diff = ppo_r1 - next(r for r in results if r.name == best["schedule"]).r1
+    # a = 0 (best where every a > 0 is below 0) is the sigma = 0 baseline itself: r_1 = 0 on every sample
+    const_r1 = next((r.r1 for r in results if r.name == best["schedule"]), np.zeros_like(ppo_r1))
+    diff = ppo_r1 - const_r1
     return {"best": best["schedule"], "mean": float(diff.mean()), "ci95": list(_ci95(diff))}
 
 
@@ -164,9 +170,14 @@ def _reading(rows: list[dict], meta: dict | None = None) -> str:
     when PPO's CI reaches the best constant's mean, ``is below`` otherwise.
     """
     ppo = next(r for r in rows if r["schedule"] == "PPO")
-    best = max((r for r in rows if r["schedule"].startswith("a=")), key=lambda r: r["mean_r1"])
+    best = best_constant(rows)
+    assert best is not None, "the demo evaluates the constant grid"
     lo, hi = ppo["r1_ci95"]
     pv = (meta or {}).get("paired_vs_best")
+    if best["schedule"] == "a=0":  # paired to the sigma = 0 baseline itself: PPO's own r_1 and CI
+        pv = {"best": "a=0", "mean": ppo["mean_r1"], "ci95": [lo, hi]}
+    elif pv and pv.get("best") != best["schedule"]:
+        pv = None  # recorded against another constant: fall back to the unpaired reading
     above = pv["ci95"][0] > 0 if pv else lo > best["mean_r1"]
     verdict = "beats" if above else "matches" if hi >= best["mean_r1"] else "is below"
     paired = ""
@@ -191,7 +202,8 @@ def _reading(rows: list[dict], meta: dict | None = None) -> str:
     else:
         threat = f" Threat: {threat_text(kw)}."
     return (f"PPO (mean action {ppo['mean_eta']:.2f}) {verdict} the best constant action of the grid, "
-            f"{best['schedule']} (mean r_1 {best['mean_r1']:+.4f}; PPO {ppo['mean_r1']:+.4f} [{lo:+.4f}, {hi:+.4f}]; "
+            f"{best['schedule']}{' (sigma = 0 itself: every a > 0 is below it)' if best['schedule'] == 'a=0' else ''} "
+            f"(mean r_1 {best['mean_r1']:+.4f}; PPO {ppo['mean_r1']:+.4f} [{lo:+.4f}, {hi:+.4f}]; "
             "'beats': the paired difference's 95% CI is above 0; 'matches': PPO's 95% CI reaches the best constant's "
             "mean)." + paired + by_t + threat + " [fidelity.md](fidelity.md) checks the scorer against independent "
             "quality measures. "

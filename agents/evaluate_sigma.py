@@ -34,6 +34,7 @@ from robust_envs.envs.ddim_sigma import DDIMSigmaVectorEnv
 __all__ = [
     "CONSTANT_GRID",
     "ScheduleResult",
+    "best_constant",
     "evaluate_defence",
     "evaluate_policy",
     "reference_policies",
@@ -175,6 +176,32 @@ def _ci95(x: np.ndarray) -> tuple[float, float]:
         return (float("nan"), float("nan"))
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
     return float(x.mean() - half), float(x.mean() + half)
+
+
+def best_constant(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the best constant schedule over seed 000's grid a in {0, 0.25, 0.5, 0.75, 1}, by mean r_1.
+
+    Args:
+        rows: :func:`summarize`-style rows; those named ``a=<value>`` are the measured constants (a > 0).
+
+    Returns:
+        The best measured row, or, where every measured constant has mean r_1 <= 0, a synthetic ``a=0`` row: a = 0
+        is the sigma = 0 baseline itself, whose r_1 is 0 on every sample (its per-sample ``r1`` / ``r1_heldout``
+        are zeros, as many as the best measured row keeps). ``None`` without an ``a=`` row.
+    """
+    consts = [r for r in rows if str(r.get("schedule", "")).startswith("a=")]
+    if not consts:
+        return None
+    best = max(consts, key=lambda r: r["mean_r1"])
+    if best["mean_r1"] > 0:
+        return best
+    zero: dict[str, Any] = {"schedule": "a=0", "mean_r1": 0.0, "r1_ci95": [0.0, 0.0], "mean_eta": 0.0}
+    for key in ("r1", "r1_heldout"):
+        if best.get(key):
+            zero[key] = [0.0] * len(best[key])
+    if "heldout_scorer" in best:
+        zero["heldout_scorer"] = best["heldout_scorer"]
+    return zero
 
 
 def summarize(results: list[ScheduleResult]) -> list[dict[str, Any]]:

@@ -709,25 +709,10 @@ def stale_reason(record: dict[str, Any]) -> str | None:
 
 
 def _best_constant(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The reference row of the cell's best constant schedule over seed 000's grid a in {0, 0.25, 0.5, 0.75, 1}.
+    """:func:`agents.evaluate_sigma.best_constant`: the cell's best constant over {0, 0.25, ..., 1} (a = 0 synthetic)."""
+    from agents.evaluate_sigma import best_constant
 
-    The reference measures a > 0 (rows ``a=<value>``); a = 0 is the sigma = 0 baseline itself, whose r_1 is 0 on
-    every sample, so where every measured constant has mean r_1 <= 0 the best is a synthetic ``a=0`` row (per-sample
-    ``r1`` and ``r1_heldout`` of zeros, as many as the measured rows keep). ``None`` without any ``a=`` row.
-    """
-    consts = [r for r in rows if str(r.get("schedule", "")).startswith("a=")]
-    if not consts:
-        return None
-    best = max(consts, key=lambda r: r["mean_r1"])
-    if best["mean_r1"] > 0:
-        return best
-    zero: dict[str, Any] = {"schedule": "a=0", "mean_r1": 0.0, "r1_ci95": [0.0, 0.0], "mean_eta": 0.0}
-    for key in ("r1", "r1_heldout"):
-        if best.get(key):
-            zero[key] = [0.0] * len(best[key])
-    if "heldout_scorer" in best:
-        zero["heldout_scorer"] = best["heldout_scorer"]
-    return zero
+    return best_constant(rows)
 
 
 def _iqm_ci(per_seed: list[float], reps: int = 2000) -> tuple[float, float, float]:

@@ -104,6 +104,14 @@ def test_demo_cell_is_the_benchmarks_shift_threat() -> None:
     text = demo._reading(rows, {"env_kwargs": {"attack": "shift", "attack_budget": 20.0},
                                 "paired_vs_best": {"best": "a=1", "mean": 0.02, "ci95": [0.01, 0.03]}})  # fmt: skip
     assert "PPO (mean action 1.00) beats" in text and "the shift threat" in text
+    # every a > 0 below 0: the best constant is a = 0, the sigma = 0 baseline itself, and PPO pairs with it as its
+    # own r_1 (a record against another constant is not used)
+    rows = [{"schedule": "PPO", "r1_ci95": [0.02, 0.08], "mean_r1": 0.05, "mean_eta": 0.4},
+            {"schedule": "a=0.75", "r1_ci95": [-0.02, 0.01], "mean_r1": -0.003, "mean_eta": 0.75}]
+    text = demo._reading(rows, {"env_kwargs": {"attack": "shift", "attack_budget": 20.0},
+                                "paired_vs_best": {"best": "a=0.75", "mean": 0.053, "ci95": [0.04, 0.07]}})  # fmt: skip
+    assert "beats the best constant action of the grid, a=0 (sigma = 0 itself" in text
+    assert "PPO minus a=0: +0.0500 [+0.0200, +0.0800]" in text and "a=0.75" not in text
 
 
 @pytest.mark.parametrize("algo", ["ppo", "ppo_beta", "ppo_cnn_sde", "ppo_cnn_shared", "sac", "tqc", "recurrent_ppo"])
