@@ -136,6 +136,9 @@ AGENTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Training seeds of every grid entry (issue 11: 3 seeds per agent, t_c and threat).
+GRID_SEEDS = (0, 1, 2)
+
 #: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
 #: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
 #: fingerprint (any other value is part of it).
@@ -796,7 +799,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     fig, axes = plt.subplots(1, max(1, len(threats)), figsize=(5.5 * max(1, len(threats)), 5.0), squeeze=False)
     verdict_rows: list[str] = []
     glance_at = len(lines)  # the at-a-glance summary goes here once every cell's verdicts are known
-    glance: dict[tuple[str, int], dict[str, tuple[str, float]]] = {}
+    glance: dict[tuple[str, int], dict[str, tuple[str, float, int]]] = {}
     for ax, threat in zip(axes[0], threats, strict=False):
         tcs = sorted(t for (th, t) in cells if th == threat)
         lines += [f"## Threat `{threat}`", "",
@@ -829,7 +832,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                 series.setdefault(agent, []).append((t_c, iqm, lo, hi))
                 verdict = _verdict(recs, best, lo, hi)
                 if best is not None:
-                    glance.setdefault((threat, t_c), {})[agent] = (verdict, iqm - best["mean_r1"])
+                    glance.setdefault((threat, t_c), {})[agent] = (verdict, iqm - best["mean_r1"], len(per_seed))
                 lines.append(f"| {t_c} | {agent} | {len(per_seed)} | {iqm:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
                              + ", ".join(f"{v:+.3f}" for v in per_seed) + f" | {best_txt} | {fmt('a=1')} | "
                              f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
@@ -892,10 +895,11 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     return path
 
 
-def _glance_lines(glance: dict[tuple[str, int], dict[str, tuple[str, float]]]) -> list[str]:
+def _glance_lines(glance: dict[tuple[str, int], dict[str, tuple[Any, ...]]]) -> list[str]:
     """The report's summary: one row per agent, one column per (threat, t_c) cell, each entry the agent's verdict
-    against the cell's best constant (:func:`_verdict`) with its IQM r_1 minus that constant's mean r_1; ``-`` where
-    the agent has no current entry. Empty when no cell has both agents and references.
+    against the cell's best constant (:func:`_verdict`) with its IQM r_1 minus that constant's mean r_1, and the
+    number of seeds where fewer than the grid's :data:`GRID_SEEDS` have run (a value's optional third element);
+    ``-`` where the agent has no current entry. Empty when no cell has both agents and references.
     """
     if not glance:
         return []
@@ -908,10 +912,18 @@ def _glance_lines(glance: dict[tuple[str, int], dict[str, tuple[str, float]]]) -
              "|---|" + "---|" * len(cols)]  # fmt: skip
     for agent in agents:
         cells = [glance[c].get(agent) for c in cols]
-        lines.append(f"| {agent} | " + " | ".join(f"{v[0]} ({v[1]:+.3f})" if v else "-" for v in cells) + " |")
+        lines.append(f"| {agent} | " + " | ".join(_glance_cell(v) for v in cells) + " |")
     counts = {c: sum(v[0] in ("beats", "matches") for v in glance[c].values()) for c in cols}
     lines.append("| *agents at or above the best constant* | " + " | ".join(str(counts[c]) for c in cols) + " |")
     return lines + [""]
+
+
+def _glance_cell(value: tuple[Any, ...] | None) -> str:
+    if value is None:
+        return "-"
+    n = value[2] if len(value) > 2 else len(GRID_SEEDS)
+    seeds = f"; {n} of {len(GRID_SEEDS)} seeds" if n < len(GRID_SEEDS) else ""
+    return f"{value[0]} ({value[1]:+.3f}{seeds})"
 
 
 #: Episodes per constant at which :func:`constant_pick_risk` is tabulated in the report.
@@ -1221,7 +1233,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--agents", nargs="+", default=["ppo"], choices=sorted(AGENTS))
     run.add_argument("--t-c", type=int, nargs="+", default=[10, 20, 30, 40, 50, 60])
     run.add_argument("--threats", nargs="+", default=["seed", "shift"], choices=sorted(THREATS))
-    run.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    run.add_argument("--seeds", type=int, nargs="+", default=list(GRID_SEEDS))
     run.add_argument("--n-eval", type=int, default=500)
     run.add_argument("--timesteps", type=int, default=None, help="override every agent's training budget")
     run.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",

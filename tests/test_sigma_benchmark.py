@@ -300,12 +300,12 @@ def test_report_keeps_stale_entries_out_of_tables(tmp_path: Path, monkeypatch: p
 
 def test_glance_table_gives_each_agents_verdict_per_cell() -> None:
     glance = {("shift", 60): {"ppo": ("below", -0.064), "ppo_warm_hold": ("matches", 0.0004)},
-              ("seed", 20): {"ppo": ("below", -0.038)}, ("shift", 10): {"ppo": ("beats", 0.048)}}  # fmt: skip
+              ("seed", 20): {"ppo": ("below", -0.038)}, ("shift", 10): {"ppo": ("beats", 0.048, 1)}}  # fmt: skip
     lines = sb._glance_lines(glance)
     assert lines[0] == "## At a glance"
     header = next(line for line in lines if line.startswith("| agent |"))
     assert header == "| agent | `seed` t_c 20 | `shift` t_c 10 | `shift` t_c 60 |"  # threats in THREATS order
-    assert "| ppo | below (-0.038) | beats (+0.048) | below (-0.064) |" in lines
+    assert "| ppo | below (-0.038) | beats (+0.048; 1 of 3 seeds) | below (-0.064) |" in lines  # fewer seeds: said
     assert "| ppo_warm_hold | - | - | matches (+0.000) |" in lines
     assert "| *agents at or above the best constant* | 0 | 1 | 1 |" in lines
     assert sb._glance_lines({}) == []
