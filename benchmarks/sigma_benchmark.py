@@ -791,7 +791,9 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
         "(same samples) has a 95% CI above 0 (where an entry predates per-sample rows: when the agent's CI lies above "
         "the best constant's mean; the CI over seeds alone leaves out the noise of the shared evaluation samples); "
         "`matches` when the agent's CI reaches the best constant's mean, or lies above it while a seed's paired CI "
-        "still contains 0; `below` otherwise.",
+        "still contains 0, or when no seed's paired CI lies below 0 (an agent that plays the constant itself on nearly "
+        "every sample has a CI over seeds of almost no width, which can miss the constant's mean by 1e-5); `below` "
+        "otherwise.",
         "",
         "Threats: " + "; ".join(f"`{k}` = `{v}`" for k, v in THREATS.items() if k in threats) + ".",
         "",
@@ -1034,13 +1036,25 @@ def _share_reading(threat: str, share: dict[int, float], series: dict[str, list[
 def _verdict(recs: list[dict[str, Any]], best: dict[str, Any] | None, lo: float, hi: float) -> str:
     """The agent's verdict against the best constant (the page's protocol line): ``beats`` needs every seed's paired
     95% CI above 0 where per-sample r_1 exist (else the CI over seeds ``[lo, hi]`` above the constant's mean);
-    ``matches`` when ``hi`` reaches the constant's mean; ``below`` otherwise; ``references pending`` without one.
+    ``matches`` when ``hi`` reaches the constant's mean, or when per-sample r_1 exist and no seed's paired CI lies
+    below 0 (the CI over seeds leaves out the shared samples' noise and has almost no width where the agent plays the
+    constant itself); ``below`` otherwise; ``references pending`` without one.
     """
     if best is None:
         return "references pending"
     if _paired_all_above(recs, best) if _has_paired(recs, best) else lo > best["mean_r1"]:
         return "beats"
-    return "matches" if hi >= best["mean_r1"] else "below"
+    if hi >= best["mean_r1"] or (_has_paired(recs, best) and not _paired_any_below(recs, best)):
+        return "matches"
+    return "below"
+
+
+def _paired_any_below(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:
+    """True when some seed's paired difference to the best constant has a 95% CI below 0 (same samples)."""
+    from agents.evaluate_sigma import _ci95
+
+    b = np.asarray(best["r1"], dtype=np.float64)
+    return any(_ci95(np.asarray(r["r1"], dtype=np.float64) - b[: len(r["r1"])])[1] < 0 for r in recs)
 
 
 def _has_paired(recs: list[dict[str, Any]], best: dict[str, Any]) -> bool:

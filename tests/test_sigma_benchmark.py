@@ -335,6 +335,12 @@ def test_verdict_needs_paired_evidence_to_beat() -> None:
     assert sb._verdict(clear[:2] + [{"r1": (base - 0.05).tolist()}], best, lo=best["mean_r1"] - 0.05,
                        hi=best["mean_r1"] + 0.06) == "matches"  # fmt: skip
     assert sb._verdict(clear, best, lo=best["mean_r1"] - 0.3, hi=best["mean_r1"] - 0.1) == "beats"  # paired decides
+    # playing the constant on all but one sample: the CI over seeds has no width and misses the mean by 1e-5, but no
+    # seed's paired CI is below 0, so `matches`; one seed measurably below and the CI below: `below`
+    same = [{"r1": base.tolist()}, {"r1": np.r_[base[:-1], base[-1] - 0.005].tolist()}]
+    assert sb._verdict(same, best, lo=best["mean_r1"] - 2e-5, hi=best["mean_r1"] - 1e-5) == "matches"
+    short = [{"r1": (base - 0.01 + rng.normal(0, 0.01, 500)).tolist()}, same[0]]
+    assert sb._verdict(short, best, lo=best["mean_r1"] - 0.02, hi=best["mean_r1"] - 0.001) == "below"
     unpaired = {k: v for k, v in best.items() if k != "r1"}
     assert sb._verdict([{}], unpaired, lo=best["mean_r1"] + 0.01, hi=best["mean_r1"] + 0.03) == "beats"
     assert sb._verdict([{}], unpaired, lo=best["mean_r1"] - 0.3, hi=best["mean_r1"] - 0.1) == "below"
