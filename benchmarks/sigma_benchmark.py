@@ -594,11 +594,9 @@ def _heldout_lines(cells: dict[tuple[str, int], dict[str, Any]], finer_dir: Path
         consts = {k: v for k, v in consts.items() if v.get("r1_heldout") and v.get("r1")}
         if not consts:
             continue
-        if max(v["mean_r1"] for v in consts.values()) <= 0:  # a = 0 (the baseline itself) is the best constant
-            some = next(iter(consts.values()))
-            consts["a=0"] = {"mean_r1": 0.0, "r1": [0.0] * len(some["r1"]), "r1_heldout": [0.0] * len(some["r1_heldout"]),
-                             "heldout_scorer": some.get("heldout_scorer")}  # fmt: skip
-        name, best = max(consts.items(), key=lambda kv: kv[1]["mean_r1"])
+        best = _best_constant([{**v, "schedule": k} for k, v in consts.items()])  # a = 0 where every a > 0 is below 0
+        assert best is not None
+        name = best["schedule"]
         b, bh = np.asarray(best["r1"], dtype=np.float64), np.asarray(best["r1_heldout"], dtype=np.float64)
         for agent, recs in sorted(cell["agents"].items()):
             for r in sorted(recs, key=lambda r: r["seed"]):
@@ -1010,9 +1008,8 @@ def _warm_start_lines(records: list[dict[str, Any]]) -> list[str]:
         w = r["warm_start"]
         means = ", ".join(f"{k} {v:+.3f}" for k, v in w["mean_r1"].items())
         ref = refs.get((r["threat"], r["t_c"]))
-        consts = [row for row in (ref or {}).get("rows", []) if row["schedule"].startswith("a=")]
-        best = max(consts, key=lambda row: row["mean_r1"]) if consts else None
-        best_text = f"{best['schedule']} ({best['mean_r1']:+.3f})" if best and best["mean_r1"] > 0 else ("a=0" if best else "-")
+        best = _best_constant((ref or {}).get("rows", []))
+        best_text = "-" if best is None else "a=0" if best["schedule"] == "a=0" else f"{best['schedule']} ({best['mean_r1']:+.3f})"
         lines.append(f"| `{r['threat']}` | {r['t_c']} | {r['agent']} | {r['seed']} | {w['episodes_per_constant']} | "
                      f"{means} | a={w['init_action']:g} | {best_text} |")  # fmt: skip
     return lines
@@ -1238,9 +1235,37 @@ def _independent_table(cells: dict) -> list[str]:
     return head + lines if lines else ["Not available in these entries."]
 
 
+def compare_agents(agent: str, other: str, results_dir: Path = RESULTS_DIR) -> list[str]:
+    """Markdown table: ``agent`` minus ``other`` per (threat, t_c, seed) where both have a current entry, paired on
+    the same evaluation samples (mean r_1 difference with a 95% Student t CI) next to each one's mean action.
+
+    Raises ``ValueError`` naming the valid agents if either is not a key of :data:`AGENTS`.
+    """
+    from agents.evaluate_sigma import _ci95
+
+    for name in (agent, other):
+        if name not in AGENTS:
+            raise ValueError(f"agent must be one of {sorted(AGENTS)}, got {name!r}")
+    records = [r for r in load_sigma_results(results_dir) if r.get("kind") == "agent" and not stale_reason(r)]
+    by_key = {(r["agent"], r["threat"], r["t_c"], r["seed"]): r for r in records}
+    lines = [f"| threat | t_c | seed | {agent} - {other} (paired) [95% CI] | mean action {agent} | mean action {other} |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for (name, threat, t_c, seed), a in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
+        b = by_key.get((other, threat, t_c, seed))
+        if name != agent or b is None or "r1" not in a or "r1" not in b:
+            continue
+        diff = np.asarray(a["r1"], dtype=np.float64) - np.asarray(b["r1"], dtype=np.float64)
+        lo, hi = _ci95(diff)
+        lines.append(f"| `{threat}` | {t_c} | {seed} | {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                     f"{a['row'].get('mean_eta', float('nan')):.2f} | {b['row'].get('mean_eta', float('nan')):.2f} |")  # fmt: skip
+    return lines if len(lines) > 2 else [f"No (threat, t_c, seed) has current entries of both {agent} and {other}."]
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    """``run`` (train + evaluate missing entries) or ``report`` (regenerate the docs page)."""
+    """``run`` (train + evaluate missing entries), ``finer`` / ``heldout`` (add to a cell), ``compare`` (two agents,
+    paired) or ``report`` (regenerate the docs page).
+    """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every missing entry")
@@ -1275,6 +1300,10 @@ def main(argv: list[str] | None = None) -> None:
     hel.add_argument("--threat", default="shift", choices=sorted(THREATS))
     hel.add_argument("--t-c", type=int, default=20)
     hel.add_argument("--threads", type=int, default=1)
+    cmp = sub.add_parser("compare", help="one agent minus another, paired per (threat, t_c, seed) on the same samples")
+    cmp.add_argument("agent", choices=sorted(AGENTS))
+    cmp.add_argument("other", choices=sorted(AGENTS))
+    cmp.add_argument("--results-dir", default=str(RESULTS_DIR))
     rep = sub.add_parser("report", help="regenerate docs/sigma_benchmark.md and the figure")
     rep.add_argument("--results-dir", default=str(RESULTS_DIR))
     rep.add_argument("--docs-dir", default=str(REPO_ROOT / "docs"))
@@ -1287,6 +1316,9 @@ def main(argv: list[str] | None = None) -> None:
     if ns.command == "heldout":
         print("\n".join(backfill_heldout(ns.threat, ns.t_c, threads=ns.threads)))
         print(build_report())
+        return
+    if ns.command == "compare":
+        print("\n".join(compare_agents(ns.agent, ns.other, Path(ns.results_dir))))
         return
     if ns.command == "report":
         print(build_report(Path(ns.results_dir), Path(ns.docs_dir)))

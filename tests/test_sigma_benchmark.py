@@ -361,6 +361,24 @@ def test_best_constant_includes_a_zero_the_baseline_itself() -> None:
     assert sb._paired([{"seed": 0, "r1": [0.03, 0.05]}], zero).startswith("seed 0: +0.040 [")  # the agent's own r_1
 
 
+def test_compare_agents_pairs_two_agents_on_the_same_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compare``: agent minus other per (threat, t_c, seed) where both ran, on the same samples; a cell only one of
+    them ran is left out; an unknown agent is refused with the valid names."""
+    def rec(agent: str, seed: int, r1: list[float], t_c: int = 30) -> dict:
+        return {"kind": "agent", "agent": agent, "threat": "seed", "t_c": t_c, "seed": seed, "r1": r1,
+                "row": {"mean_eta": 1.0 if agent.endswith("edge") else 0.9}}  # fmt: skip
+
+    records = [rec("ppo_warm_hold_edge", 0, [0.5, 0.6, 0.7]), rec("ppo_warm_hold", 0, [0.4, 0.5, 0.7]),
+               rec("ppo_warm_hold_edge", 1, [0.5, 0.5, 0.5]), rec("ppo_warm_hold", 0, [0.1, 0.1, 0.1], t_c=40)]  # fmt: skip
+    monkeypatch.setattr(sb, "load_sigma_results", lambda results_dir: records)
+    monkeypatch.setattr(sb, "stale_reason", lambda record: None)
+    lines = sb.compare_agents("ppo_warm_hold_edge", "ppo_warm_hold")
+    assert len(lines) == 3 and lines[2].startswith("| `seed` | 30 | 0 | +0.067 [") and lines[2].endswith("| 1.00 | 0.90 |")
+    assert sb.compare_agents("ppo", "ppo_warm_hold")[0].startswith("No (threat, t_c, seed) has current entries of both")
+    with pytest.raises(ValueError, match=r"agent must be one of \[.*'ppo'.*\], got 'nope'"):
+        sb.compare_agents("nope", "ppo")
+
+
 def test_iqm_ci_is_reproducible() -> None:
     """A regenerated report gives the same CIs: the bootstrap does not draw from NumPy's global state."""
     np.random.seed(1)
