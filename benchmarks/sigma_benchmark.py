@@ -803,7 +803,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
     for ax, threat in zip(axes[0], threats, strict=False):
         tcs = sorted(t for (th, t) in cells if th == threat)
         lines += [f"## Threat `{threat}`", "",
-                  "| t_c | agent | seeds | IQM r_1 [95% CI] | per-seed mean r_1 | best constant (r_1) | a=1 | random | "
+                  "| t_c | agent | seeds | IQM r_1 [95% CI] | per-seed mean r_1 (mean action) | best constant (r_1) | a=1 | random | "
                   "defence round | defence share | agent vs best constant | paired agent - best constant |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         series: dict[str, list[tuple[int, float, float, float]]] = {}
@@ -834,7 +834,9 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                 if best is not None:
                     glance.setdefault((threat, t_c), {})[agent] = (verdict, iqm - best["mean_r1"], len(per_seed))
                 lines.append(f"| {t_c} | {agent} | {len(per_seed)} | {iqm:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                             + ", ".join(f"{v:+.3f}" for v in per_seed) + f" | {best_txt} | {fmt('a=1')} | "
+                             + ", ".join(f"{r['row']['mean_r1']:+.3f} ({r['row'].get('mean_eta', float('nan')):.2f})"
+                                         for r in sorted(recs, key=lambda r: r["seed"]))
+                             + f" | {best_txt} | {fmt('a=1')} | "
                              f"{fmt('random')} | {fmt('defence=round')} | {fmt('defence=share')} | {verdict} | "
                              f"{_paired(recs, best)} |")  # fmt: skip
         lines.append("")
