@@ -54,13 +54,16 @@ from gymnasium.vector import AutoresetMode
 
 from robust_envs.wrappers import SB3VecEnvAdapter
 
-__all__ = ["ALGOS", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "initial_mean", "make_train_env",
+__all__ = ["ALGOS", "EDGE_MARGIN_SIDES", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "initial_mean", "make_train_env",
            "resolved_ent_coef", "resolved_extractor", "train", "warm_start_action", "warm_start_steps"]
 
 #: Learners: the paper's PPO and the agent-agnostic check (sb3-contrib's TQC and RecurrentPPO, SB3's SAC).
 ALGOS = ("ppo", "sac", "tqc", "recurrent_ppo")
 #: PPO / RecurrentPPO's entropy bonus when ``ent_coef='auto'`` (measured: docs/sigma_tuning.md, runs ZE0/ZE2/ZE3).
 PPO_ENT_COEF = 0.01
+
+#: Values of :attr:`Args.edge_margin_side`: the box edges a margin applies at.
+EDGE_MARGIN_SIDES = ("both", "upper", "lower")
 
 
 @dataclass
@@ -153,6 +156,11 @@ class Args:
     action inwards (measured: ppo_warm_hold ends at mean action 0.96-1.00 and 0.003-0.014 below a = 1 at seed 000's
     threat, t_c 30-50, docs/sigma_benchmark.md). With margin m a share Phi(-m) of the exploration draws still lands
     inside the box (m = 1: 16%) and carries the gradient that moves the mean where an inner action pays"""
+    edge_margin_side: str = "both"
+    """which edges :attr:`edge_margin` applies at: ``"both"`` (a = 0 and a = 1), ``"upper"`` (the cap a = 1 only) or
+    ``"lower"`` (a = 0 only); at the other edge the mean starts on it. Why ``"upper"``: a = 0 is the sigma = 0 baseline
+    itself (r_1 = 0), which learners leave on their own, and a margin there cost 0.014 and 0.029 r_1 at shift / t_c 10
+    (ppo_warm_hold_edge against ppo_warm_hold, paired, docs/ddim_sigma.md)"""
     warm_start: int = 0
     """episodes per constant of :data:`agents.evaluate_sigma.CONSTANT_GRID` run before learning (0: none). The learner
     evaluates each constant schedule (and a = 0, r_1 = 0 by definition) on the same ``warm_start`` training episodes
@@ -209,6 +217,8 @@ class Args:
             raise ValueError(f"edge_margin={self.edge_margin} moves the Gaussian's initial mean: algo 'ppo' / "
                              f"'recurrent_ppo' with distribution='gaussian' only, got algo={self.algo!r}, "
                              f"distribution={self.distribution!r}")  # fmt: skip
+        if self.edge_margin_side not in EDGE_MARGIN_SIDES:
+            raise ValueError(f"edge_margin_side must be one of {EDGE_MARGIN_SIDES}, got {self.edge_margin_side!r}")
         if self.warm_start < 0:
             raise ValueError(f"warm_start must be >= 0 (episodes per constant), got {self.warm_start}")
         if self.warm_start:
@@ -566,22 +576,29 @@ def warm_start_action(args: Args, progress: bool = False) -> tuple[float, dict[s
     return float(best), record
 
 
-def initial_mean(init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0) -> float:
+def initial_mean(init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0, side: str = "both") -> float:
     """The Gaussian's initial mean in the learner's rescaled action units ([-1, 1] is the box): ``2 * init_action - 1``,
-    moved ``edge_margin * exp(log_std_init)`` past the box's edge where ``init_action`` is 0 or 1
-    (:attr:`Args.edge_margin`).
+    moved ``edge_margin * exp(log_std_init)`` past the box's edge where ``init_action`` is an edge that ``side``
+    names (:attr:`Args.edge_margin`, :attr:`Args.edge_margin_side`: ``"both"``, ``"upper"`` for a = 1 only,
+    ``"lower"`` for a = 0 only).
+
+    Raises:
+        ValueError: ``side`` not one of :data:`EDGE_MARGIN_SIDES`.
     """
+    if side not in EDGE_MARGIN_SIDES:
+        raise ValueError(f"side must be one of {EDGE_MARGIN_SIDES}, got {side!r}")
     mean = 2.0 * init_action - 1.0
-    if init_action in (0.0, 1.0):
+    if (init_action == 1.0 and side in ("both", "upper")) or (init_action == 0.0 and side in ("both", "lower")):
         mean += float(np.sign(mean)) * edge_margin * float(np.exp(log_std_init))
     return mean
 
 
-def _set_initial_action(model: Any, init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0) -> None:
+def _set_initial_action(model: Any, init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0,
+                        side: str = "both") -> None:  # fmt: skip
     """Start the Gaussian policy's mean at ``init_action`` (env units, [0, 1]) for every state: the learner sees the
     action rescaled to [-1, 1] (``RescaleAction``), so the action head's bias is set to :func:`initial_mean`.
     """
-    mean = initial_mean(init_action, edge_margin, log_std_init)
+    mean = initial_mean(init_action, edge_margin, log_std_init, side)
     if mean == 0.0:  # SB3's zero bias already means a = 0.5
         return
     with torch.no_grad():
@@ -604,7 +621,8 @@ def train(args: Args) -> SB3SigmaPolicy:
     venv = make_train_env(args)
     venv.seed(args.seed)
     model = _learner(args, venv, out)
-    _set_initial_action(model, init_action, getattr(args, "edge_margin", 0.0), args.log_std_init)
+    _set_initial_action(model, init_action, getattr(args, "edge_margin", 0.0), args.log_std_init,
+                        getattr(args, "edge_margin_side", "both"))  # fmt: skip
     # with hold_action one learner step is a whole episode of t_c env steps
     steps = max(1, budget // args.t_c) if args.hold_action else budget
     model.learn(total_timesteps=steps, progress_bar=args.progress_bar, tb_log_name=args.algo)

@@ -131,6 +131,12 @@ AGENTS: dict[str, dict[str, Any]] = {
     # action inwards. Where the warm start picks an inner constant the two train alike
     "ppo_warm_hold_edge": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
                            "n_steps": 8, "batch_size": 32, "edge_margin": 1.0},
+    # ppo_warm_hold_edge with the margin at the cap a = 1 only (`edge_margin_side`): at the lower edge (shift / t_c 10,
+    # where the warm start picks a = 0, the sigma = 0 baseline itself) the margin cost 0.014 and 0.029 r_1 against
+    # ppo_warm_hold, paired. It trains as ppo_warm_hold_edge where the warm start picks a = 1 and as ppo_warm_hold
+    # where it picks a = 0 or an inner constant
+    "ppo_warm_hold_cap": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
+                          "n_steps": 8, "batch_size": 32, "edge_margin": 1.0, "edge_margin_side": "upper"},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
@@ -142,7 +148,7 @@ GRID_SEEDS = (0, 1, 2)
 #: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
 #: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
 #: fingerprint (any other value is part of it).
-ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0, "edge_margin": 0.0}
+ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0, "edge_margin": 0.0, "edge_margin_side": "both"}
 
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:

@@ -165,6 +165,11 @@ def test_edge_margin_starts_the_mean_past_an_edge_and_still_plays_the_edge(env_k
 
     assert initial_mean(1.0, 1.0, 0.0) == pytest.approx(2.0) and initial_mean(0.0, 2.0, np.log(0.5)) == pytest.approx(-2.0)
     assert initial_mean(0.75, 3.0) == pytest.approx(0.5) and initial_mean(1.0) == pytest.approx(1.0)
+    # edge_margin_side: "upper" moves a = 1 only, "lower" a = 0 only
+    assert initial_mean(1.0, 1.0, 0.0, "upper") == pytest.approx(2.0) and initial_mean(0.0, 1.0, 0.0, "upper") == -1.0
+    assert initial_mean(0.0, 1.0, 0.0, "lower") == pytest.approx(-2.0) and initial_mean(1.0, 1.0, 0.0, "lower") == 1.0
+    with pytest.raises(ValueError, match="side must be one of .* got 'top'"):
+        initial_mean(1.0, 1.0, 0.0, "top")
     kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
     obs = {"x_t": np.zeros((2, 1, 8, 8), np.float32), "t": np.array([[1.0], [3.0]], np.float32)}
     for init in (0.0, 1.0):
@@ -180,6 +185,13 @@ def test_edge_margin_starts_the_mean_past_an_edge_and_still_plays_the_edge(env_k
         Args(edge_margin=-1.0)
     with pytest.raises(ValueError, match="edge_margin=1.0 moves the Gaussian's initial mean"):
         Args(algo="sac", edge_margin=1.0)
+    with pytest.raises(ValueError, match=r"edge_margin_side must be one of \('both', 'upper', 'lower'\), got 'cap'"):
+        Args(edge_margin=1.0, edge_margin_side="cap")
+    # "upper": the a = 0 start stays on the edge (the bias the learner starts from is exactly -1)
+    args = Args(**kw, evaluator="piqe", init_action=0.0, edge_margin=1.0, edge_margin_side="upper", learning_rate=0.0,
+                num_envs=2, total_timesteps=12, n_steps=6, batch_size=6, prefix_pool=4, progress_bar=False,
+                tensorboard=False, out_dir=str(tmp_path / "upper0"))  # fmt: skip
+    np.testing.assert_allclose(train(args).model.policy.action_net.bias.detach().numpy(), -1.0, atol=1e-6)
 
 
 def test_warm_start_picks_its_best_constant_on_its_own_seeds_and_spends_the_budget(env_kwargs, tmp_path) -> None:

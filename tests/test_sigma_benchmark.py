@@ -409,6 +409,9 @@ def test_added_args_keep_older_fingerprints_and_set_overrides_parse() -> None:
     warm = sb.SigmaEntry("ppo_warm_hold", 60, "shift").training_args()
     assert warm["warm_start"] == 32 and "edge_margin" not in warm  # recorded before edge_margin existed
     assert sb.SigmaEntry("ppo_warm_hold_edge", 60, "shift").training_args() == {**warm, "edge_margin": 1.0}
+    assert "edge_margin_side" not in sb.SigmaEntry("ppo_warm_hold_edge", 60, "shift").training_args()
+    assert sb.SigmaEntry("ppo_warm_hold_cap", 60, "shift").training_args() == {**warm, "edge_margin": 1.0,
+                                                                                "edge_margin_side": "upper"}
     moved = sb.SigmaEntry("ppo", 20, "seed", seed=0, agent_overrides=(("init_action", 1.0),))
     assert moved.training_args()["init_action"] == 1.0 and moved.fingerprint() != a.fingerprint()
     assert sb.SigmaEntry("ppo_init1", 60, "shift").training_args()["init_action"] == 1.0
