@@ -1245,7 +1245,9 @@ def _independent_table(cells: dict) -> list[str]:
 
 def compare_agents(agent: str, other: str, results_dir: Path = RESULTS_DIR) -> list[str]:
     """Markdown table: ``agent`` minus ``other`` per (threat, t_c, seed) where both have a current entry, paired on
-    the same evaluation samples (mean r_1 difference with a 95% Student t CI) next to each one's mean action.
+    the same evaluation samples (mean r_1 difference with a 95% Student t CI) next to each one's mean action, each
+    one's warm-start pick (``-`` without a warm start) and whether the two gave the same r_1 on every sample (a rerun
+    of the same training configuration that reproduces to the last digit).
 
     Raises ``ValueError`` naming the valid agents if either is not a key of :data:`AGENTS`.
     """
@@ -1256,8 +1258,12 @@ def compare_agents(agent: str, other: str, results_dir: Path = RESULTS_DIR) -> l
             raise ValueError(f"agent must be one of {sorted(AGENTS)}, got {name!r}")
     records = [r for r in load_sigma_results(results_dir) if r.get("kind") == "agent" and not stale_reason(r)]
     by_key = {(r["agent"], r["threat"], r["t_c"], r["seed"]): r for r in records}
-    lines = [f"| threat | t_c | seed | {agent} - {other} (paired) [95% CI] | mean action {agent} | mean action {other} |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [f"| threat | t_c | seed | {agent} - {other} (paired) [95% CI] | mean action {agent} | mean action {other} "
+             "| warm start a | same r_1 on every sample |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+
+    def warm(r: dict[str, Any]) -> str:
+        return f"{r['warm_start']['init_action']:g}" if r.get("warm_start") else "-"
+
     for (name, threat, t_c, seed), a in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][3])):
         b = by_key.get((other, threat, t_c, seed))
         if name != agent or b is None or "r1" not in a or "r1" not in b:
@@ -1265,7 +1271,8 @@ def compare_agents(agent: str, other: str, results_dir: Path = RESULTS_DIR) -> l
         diff = np.asarray(a["r1"], dtype=np.float64) - np.asarray(b["r1"], dtype=np.float64)
         lo, hi = _ci95(diff)
         lines.append(f"| `{threat}` | {t_c} | {seed} | {diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                     f"{a['row'].get('mean_eta', float('nan')):.2f} | {b['row'].get('mean_eta', float('nan')):.2f} |")  # fmt: skip
+                     f"{a['row'].get('mean_eta', float('nan')):.2f} | {b['row'].get('mean_eta', float('nan')):.2f} | "
+                     f"{warm(a)} / {warm(b)} | {'yes' if a['r1'] == b['r1'] else 'no'} |")  # fmt: skip
     return lines if len(lines) > 2 else [f"No (threat, t_c, seed) has current entries of both {agent} and {other}."]
 
 

@@ -373,7 +373,9 @@ def test_compare_agents_pairs_two_agents_on_the_same_samples(monkeypatch: pytest
     monkeypatch.setattr(sb, "load_sigma_results", lambda results_dir: records)
     monkeypatch.setattr(sb, "stale_reason", lambda record: None)
     lines = sb.compare_agents("ppo_warm_hold_edge", "ppo_warm_hold")
-    assert len(lines) == 3 and lines[2].startswith("| `seed` | 30 | 0 | +0.067 [") and lines[2].endswith("| 1.00 | 0.90 |")
+    assert len(lines) == 3 and lines[2].startswith("| `seed` | 30 | 0 | +0.067 [") and lines[2].endswith("| 1.00 | 0.90 | - / - | no |")
+    records[1]["r1"], records[1]["warm_start"] = [0.5, 0.6, 0.7], {"init_action": 1.0}  # a rerun that reproduced
+    assert sb.compare_agents("ppo_warm_hold_edge", "ppo_warm_hold")[2].endswith("| - / 1 | yes |")
     assert sb.compare_agents("ppo", "ppo_warm_hold")[0].startswith("No (threat, t_c, seed) has current entries of both")
     with pytest.raises(ValueError, match=r"agent must be one of \[.*'ppo'.*\], got 'nope'"):
         sb.compare_agents("nope", "ppo")
