@@ -297,13 +297,13 @@ def load_policy(spec: str) -> Any:
         from agents.ppo_torch import TorchSigmaPolicy
 
         return TorchSigmaPolicy.load(spec)
-    from agents.ppo_sigma import SB3SigmaPolicy
+    from agents.ppo_sigma import load_deployed
 
     if not (Path(spec) / "policy.zip").is_file():
         raise FileNotFoundError(f"policy {spec!r} is neither 'a=<x>', 'random' nor a folder with policy.zip or agent.pt "
                                 "(written by `python -m agents.ppo_sigma --out-dir <folder>` or "
                                 "`python -m agents.ppo_torch --out-dir <folder>`)")  # fmt: skip
-    return SB3SigmaPolicy.load(spec)
+    return load_deployed(spec)  # the learner, or the constant its safe-improvement test kept
 
 
 def main(argv: list[str] | None = None) -> None:

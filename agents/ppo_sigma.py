@@ -30,7 +30,10 @@ The standard means that make the learner work on this env (each an :class:`Args`
   halving the cost of an episode at ``t_c = 10``;
 - steps: ``baseline_cache`` replays a pool entry's sigma = 0 baseline where it draws nothing (the ``shift`` and
   ``adaptive`` threats), so a training step runs the network and the scorer on N samples, not 2N (same rewards
-  up to float round-off; ``docs/throughput.md`` measures it). Under seed 000's ``gaussian`` threat it is inert.
+  up to float round-off; ``docs/throughput.md`` measures it). Under seed 000's ``gaussian`` threat it is inert;
+- start and deployment: ``warm_start`` starts the learner at the best constant of its own training episodes, and
+  ``safe_improvement`` deploys the trained learner only where held-out validation episodes show it better than that
+  constant (a one-sided 95% bound, Thomas et al. 2015), else the constant (:func:`load_deployed`).
 
 Usage::
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -54,8 +58,10 @@ from gymnasium.vector import AutoresetMode
 
 from robust_envs.wrappers import SB3VecEnvAdapter
 
-__all__ = ["ALGOS", "EDGE_MARGIN_SIDES", "PPO_ENT_COEF", "WARM_START_SEED", "Args", "SB3SigmaPolicy", "env_kwargs", "initial_mean", "make_train_env",
-           "resolved_ent_coef", "resolved_extractor", "train", "warm_start_action", "warm_start_steps"]
+__all__ = ["ALGOS", "EDGE_MARGIN_SIDES", "PPO_ENT_COEF", "SAFE_IMPROVEMENT_SEED", "WARM_START_SEED", "Args",
+           "SB3SigmaPolicy", "apply_safe_improvement", "env_kwargs", "initial_mean", "load_deployed", "make_train_env",
+           "resolved_ent_coef", "resolved_extractor", "safe_improvement_test", "train", "warm_start_action",
+           "warm_start_steps"]
 
 #: Learners: the paper's PPO and the agent-agnostic check (sb3-contrib's TQC and RecurrentPPO, SB3's SAC).
 ALGOS = ("ppo", "sac", "tqc", "recurrent_ppo")
@@ -168,6 +174,15 @@ class Args:
     and starts its Gaussian mean at the best one (``init_action``), so it need not be told the cell's best constant.
     The episodes count against ``total_timesteps`` (``warm_start * len(CONSTANT_GRID) * t_c`` env steps); the choice is
     written to ``<out_dir>/warm_start.json``. PPO / RecurrentPPO with the Gaussian only; ``init_action`` must stay at 0.5"""
+    safe_improvement: int = 0
+    """validation episodes of a safe policy improvement test after learning (0: off; else >= 2, and ``warm_start``
+    must be set). The trained learner and the warm start's constant run the same ``safe_improvement`` episodes (env
+    seeds :data:`SAFE_IMPROVEMENT_SEED` + 10,000 * seed + i, disjoint from the warm start's, the training env's and the
+    benchmark's evaluation seeds); the learner is deployed only if the one-sided 95% Student-t lower bound of its
+    paired mean r_1 gain over the constant is above 0, else the constant is (Thomas et al. 2015, "High Confidence
+    Policy Improvement": never deploy a policy not shown better than the one it replaces). The choice goes to
+    ``<out_dir>/safe_improvement.json`` (:func:`load_deployed` reads it). The episodes are evaluation, not learning: not
+    counted in ``total_timesteps`` (as SB3's ``EvalCallback``), 2 * ``safe_improvement`` * t_c env steps on top"""
     normalize_obs: bool = True
     """VecNormalize the observations (running mean / std per feature)"""
     normalize_reward: bool = True
@@ -234,6 +249,12 @@ class Args:
                 raise ValueError(f"warm_start={self.warm_start} spends {spent} env steps (warm_start * "
                                  f"{len(_constant_grid())} constants * t_c {self.t_c}), not less than total_timesteps="
                                  f"{self.total_timesteps}")  # fmt: skip
+        if self.safe_improvement < 0 or self.safe_improvement == 1:
+            raise ValueError(f"safe_improvement must be 0 (off) or >= 2 validation episodes (a paired variance needs "
+                             f"two), got {self.safe_improvement}")  # fmt: skip
+        if self.safe_improvement and not self.warm_start:
+            raise ValueError(f"safe_improvement={self.safe_improvement} tests the learner against the warm start's "
+                             "constant: set warm_start >= 1 too")  # fmt: skip
         if self.distribution == "beta" and self.use_sde:
             raise ValueError("distribution='beta' and use_sde=True exclude each other (gSDE is a Gaussian)")
         if self.distribution == "beta" and self.algo != "ppo":
@@ -576,6 +597,97 @@ def warm_start_action(args: Args, progress: bool = False) -> tuple[float, dict[s
     return float(best), record
 
 
+#: First env seed of the safe-improvement validation episodes (:attr:`Args.safe_improvement`): apart from the warm
+#: start's (:data:`WARM_START_SEED` + 10,000 * seed + i, i < warm_start), the evaluation's and the training env's.
+SAFE_IMPROVEMENT_SEED = 2_000_000
+
+
+def safe_improvement_test(args: Args, learner: Any, start_action: float, progress: bool = False) -> dict[str, Any]:
+    """Test whether the trained ``learner`` beats the constant ``start_action`` it started from (:attr:`Args.safe_improvement`).
+
+    Both run the same ``args.safe_improvement`` episodes (env seeds ``SAFE_IMPROVEMENT_SEED + 10_000 * args.seed + i``);
+    ``gain`` is the per-episode paired difference of r_1 (seed 000 Eq. 18; the sigma = 0 baseline cancels). The learner
+    is deployed iff the one-sided 95% Student-t lower bound of the mean gain is > 0 (Thomas et al. 2015). Returns the
+    record written to ``safe_improvement.json``: ``deployed`` (``"learner"`` or ``"constant"``), ``constant_action``,
+    ``mean_gain``, ``lower_bound_95``, the episodes' mean r_1 of each and the seeds.
+
+    Raises:
+        ValueError: if ``args.safe_improvement < 2``.
+    """
+    from scipy import stats
+
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.reference import ConstantAction
+
+    n = int(args.safe_improvement)
+    if n < 2:
+        raise ValueError(f"safe_improvement must be >= 2 to test the learner, got {n}")
+    first = SAFE_IMPROVEMENT_SEED + 10_000 * args.seed
+    kw = env_kwargs(args)
+    batch = min(n, max(args.num_envs, 64))
+    r1_learner = evaluate_policy("safe improvement: learner", learner, kw, n_samples=n, batch_size=batch, seed=first,
+                                 keep=0, progress=progress).r1  # fmt: skip
+    r1_constant = evaluate_policy(f"safe improvement: a={start_action:g}", ConstantAction(start_action), kw,
+                                  n_samples=n, batch_size=batch, seed=first, keep=0, progress=progress).r1  # fmt: skip
+    gain = r1_learner - r1_constant
+    sd = float(gain.std(ddof=1))
+    lower = float(gain.mean()) - float(stats.t.ppf(0.95, n - 1)) * sd / np.sqrt(n) if sd > 0 else float(gain.mean())
+    return {"episodes": n, "seeds": [first, first + n - 1], "constant_action": float(start_action),
+            "mean_r1_learner": float(r1_learner.mean()), "mean_r1_constant": float(r1_constant.mean()),
+            "mean_gain": float(gain.mean()), "lower_bound_95": lower,
+            "deployed": "learner" if lower > 0 else "constant", "env_steps": 2 * n * int(args.t_c)}  # fmt: skip
+
+
+def load_deployed(out_dir: str | Path, algo: str | None = None) -> Any:
+    """The policy a training run deployed: the learner (:meth:`SB3SigmaPolicy.load`), or the constant schedule
+    (:class:`agents.reference.ConstantAction`) where its safe-improvement test (``safe_improvement.json``) kept the
+    constant.
+
+    Raises:
+        FileNotFoundError: when ``policy.zip`` is missing, naming the folder.
+        ValueError: when ``safe_improvement.json`` is unreadable or names neither choice (the message gives the file).
+    """
+    out = Path(out_dir)
+    learner = SB3SigmaPolicy.load(out, algo)
+    path = out / "safe_improvement.json"
+    if not path.is_file():
+        return learner
+    try:
+        record = json.loads(path.read_text())
+        deployed, action = record["deployed"], float(record["constant_action"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is unreadable ({err!r}); delete the folder and train again") from err
+    if deployed == "learner":
+        return learner
+    if deployed != "constant" or not 0.0 <= action <= 1.0:
+        raise ValueError(f"{path}: deployed must be 'learner' or 'constant' with constant_action in [0, 1], got "
+                         f"{deployed!r}, {action}")  # fmt: skip
+    from agents.reference import ConstantAction
+
+    return ConstantAction(action)
+
+
+def apply_safe_improvement(args: Args, out_dir: str | Path, learner: SB3SigmaPolicy | None = None) -> Any:
+    """Run :func:`safe_improvement_test` on a trained run folder (its ``warm_start.json`` gives the constant), write
+    ``safe_improvement.json`` atomically and return the deployed policy (:func:`load_deployed`).
+
+    Raises:
+        FileNotFoundError: when the folder has no ``warm_start.json`` (it was trained without ``warm_start``).
+    """
+    out = Path(out_dir)
+    warm = out / "warm_start.json"
+    if not warm.is_file():
+        raise FileNotFoundError(f"{warm} not found: safe_improvement tests against the warm start's constant; train "
+                                "with warm_start >= 1")  # fmt: skip
+    start = float(json.loads(warm.read_text())["init_action"])
+    learner = learner or SB3SigmaPolicy.load(out, args.algo)
+    record = safe_improvement_test(args, learner, start, progress=args.progress_bar)
+    tmp = out / ".safe_improvement.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "safe_improvement.json")
+    return load_deployed(out, args.algo)
+
+
 def initial_mean(init_action: float, edge_margin: float = 0.0, log_std_init: float = 0.0, side: str = "both") -> float:
     """The Gaussian's initial mean in the learner's rescaled action units ([-1, 1] is the box): ``2 * init_action - 1``,
     moved ``edge_margin * exp(log_std_init)`` past the box's edge where ``init_action`` is an edge that ``side``
@@ -605,8 +717,11 @@ def _set_initial_action(model: Any, init_action: float, edge_margin: float = 0.0
         model.policy.action_net.bias.fill_(mean)
 
 
-def train(args: Args) -> SB3SigmaPolicy:
-    """Train on DDIMSigma-v0; save ``<out_dir>/policy.zip``, ``obs_rms.pkl`` and ``args.json``; return the policy."""
+def train(args: Args) -> Any:
+    """Train on DDIMSigma-v0; save ``<out_dir>/policy.zip``, ``obs_rms.pkl`` and ``args.json``; return the deployed
+    policy: the learner (:class:`SB3SigmaPolicy`), or with ``safe_improvement`` the constant where the learner was
+    not shown better (:func:`apply_safe_improvement`).
+    """
     from stable_baselines3.common.vec_env import VecNormalize
 
     out = Path(args.out_dir)
@@ -631,6 +746,8 @@ def train(args: Args) -> SB3SigmaPolicy:
                             hold_action=args.hold_action)  # fmt: skip
     policy.save(out)
     venv.close()
+    if args.safe_improvement:
+        return apply_safe_improvement(args, out, policy)
     return policy
 
 

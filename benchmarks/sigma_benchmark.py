@@ -137,6 +137,13 @@ AGENTS: dict[str, dict[str, Any]] = {
     # where it picks a = 0 or an inner constant
     "ppo_warm_hold_cap": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32, "hold_action": True,
                           "n_steps": 8, "batch_size": 32, "edge_margin": 1.0, "edge_margin_side": "upper"},
+    # ppo_warm_hold_cap deployed only where it is shown better than its warm start's constant on 128 validation
+    # episodes of its own (`safe_improvement`, a one-sided 95% bound: Thomas et al. 2015), else that constant. Its
+    # learner is ppo_warm_hold_cap's (the same training arguments: the runner reuses that entry's checkpoint where it
+    # is current); the validation episodes (2 x 128 x t_c env steps) are not counted in total_timesteps
+    "ppo_warm_hold_cap_safe": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32,
+                               "hold_action": True, "n_steps": 8, "batch_size": 32, "edge_margin": 1.0,
+                               "edge_margin_side": "upper", "safe_improvement": 128},
     "ppo_qh": {"algo": "ppo", "total_timesteps": 65536, "n_steps": 8, "batch_size": 32, "hold_action": True,
                "observe": "x_t,t,q", "prefix_pool": 1024, "extractor": "cnn_gated"},
 }
@@ -148,7 +155,13 @@ GRID_SEEDS = (0, 1, 2)
 #: :class:`agents.ppo_sigma.Args` fields added after entries were recorded, with the value that reproduces the
 #: behaviour before them: left out of :meth:`Entry.training_args` at that value, so the older entries keep their
 #: fingerprint (any other value is part of it).
-ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0, "edge_margin": 0.0, "edge_margin_side": "both"}
+ADDED_ARGS: dict[str, Any] = {"init_action": 0.5, "warm_start": 0, "edge_margin": 0.0, "edge_margin_side": "both",
+                              "safe_improvement": 0}
+
+#: :class:`agents.ppo_sigma.Args` fields that act after learning (on the trained learner): two agents whose training
+#: arguments differ only in these train alike, so an entry reuses the other's trained learner where that entry's
+#: checkpoint is current (:meth:`SigmaEntry.training_twin`) and runs only its own post-training step.
+POST_TRAINING_ARGS: dict[str, Any] = {"safe_improvement": 0}
 
 
 def _hardware(device: str, threads: int) -> dict[str, Any]:
@@ -262,6 +275,33 @@ class SigmaEntry:
                 args.pop(name)
         return args
 
+    def training_twin(self) -> SigmaEntry | None:
+        """Another agent's entry that trains exactly as this one (training arguments equal up to
+        :data:`POST_TRAINING_ARGS`, same cell and seed) and whose checkpoint is current, or None. Its trained learner
+        is this entry's: only the post-training step differs (e.g. ``ppo_warm_hold_cap_safe`` and ``ppo_warm_hold_cap``).
+        """
+        if self.agent == "reference" or not any(k in self.agent_args() for k in POST_TRAINING_ARGS):
+            return None
+
+        def core(entry: SigmaEntry) -> dict[str, Any]:
+            return {k: v for k, v in entry.training_args().items() if k not in POST_TRAINING_ARGS}
+
+        mine = core(self)
+        for other in sorted(AGENTS):
+            if other == self.agent or any(AGENTS[other].get(k, v) != v for k, v in POST_TRAINING_ARGS.items()):
+                continue
+            overrides = tuple((k, v) for k, v in self.agent_overrides if k not in POST_TRAINING_ARGS)
+            twin = dataclasses.replace(self, agent=other, agent_overrides=overrides)
+            try:
+                if core(twin) != mine:
+                    continue
+            except ValueError:  # this entry's overrides make no valid Args for that agent: not a twin
+                continue
+            stamp = twin.checkpoint_path() / "fingerprint.txt"
+            if stamp.is_file() and stamp.read_text() == twin.fingerprint() and (twin.checkpoint_path() / "policy.zip").is_file():
+                return twin
+        return None
+
     def weights(self) -> dict[str, str]:
         """What identifies the weights the entry runs on: ``{"model": ..., "evaluator": ...}``
         (:func:`robust_envs.diffusion.models.model_weights_id`; the embedded scorer's folder hashed the same way,
@@ -334,7 +374,7 @@ class SigmaEntry:
 
     def _agent(self) -> dict[str, Any]:
         from agents.evaluate_sigma import evaluate_policy, summarize
-        from agents.ppo_sigma import SB3SigmaPolicy, train
+        from agents.ppo_sigma import apply_safe_improvement, load_deployed, train
 
         args = self._args()
         ckpt = self.checkpoint_path()
@@ -343,15 +383,32 @@ class SigmaEntry:
         meta = read_json_or_warn(ckpt / "train.json", "the agent is trained again") if reused else None
         reused = isinstance(meta, dict)
         if reused:
-            policy = SB3SigmaPolicy.load(ckpt, args.algo)
+            assert isinstance(meta, dict)
+            policy = load_deployed(ckpt, args.algo)
             train_time, train_cpu = meta["train_time_s"], meta["train_cpu_s"]
         else:
             ckpt.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=f".{ckpt.name}."))
             try:
-                policy = train(dataclasses.replace(args, out_dir=str(tmp)))
-                train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
-                (tmp / "train.json").write_text(json.dumps({"train_time_s": train_time, "train_cpu_s": train_cpu}))
+                meta = {}
+                twin = self.training_twin()
+                if twin is None:
+                    policy = train(dataclasses.replace(args, out_dir=str(tmp)))
+                    train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
+                else:  # the twin's learner is this entry's: copy it, then run only the post-training step
+                    twin_meta = json.loads((twin.checkpoint_path() / "train.json").read_text())
+                    for f in twin.checkpoint_path().iterdir():
+                        if f.is_file() and f.name not in ("fingerprint.txt", "train.json", "safe_improvement.json"):
+                            shutil.copy2(f, tmp / f.name)
+                    (tmp / "args.json").write_text(json.dumps(dataclasses.asdict(dataclasses.replace(
+                        args, out_dir=str(tmp))), indent=2))  # fmt: skip
+                    policy = (apply_safe_improvement(dataclasses.replace(args, out_dir=str(tmp)), tmp)
+                              if args.safe_improvement else load_deployed(tmp, args.algo))  # fmt: skip
+                    train_time = twin_meta["train_time_s"] + time.perf_counter() - t0
+                    train_cpu = twin_meta["train_cpu_s"] + time.process_time() - c0
+                    meta = {"training_reused_from": twin.name, "twin_fingerprint": twin.fingerprint()}
+                meta.update(train_time_s=train_time, train_cpu_s=train_cpu)
+                (tmp / "train.json").write_text(json.dumps(meta))
                 (tmp / "fingerprint.txt").write_text(self.fingerprint())
                 if ckpt.exists():
                     shutil.rmtree(ckpt)
@@ -359,16 +416,60 @@ class SigmaEntry:
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp)
-        t1 = time.perf_counter()
-        result = evaluate_policy(self.agent, policy, self.env_kwargs(), self.n_eval, 250, self.eval_seed, progress=False)
-        row = summarize([result])[0]
-        row["independent"] = independent_measures(result.x0_all)
+        safe_file = ckpt / "safe_improvement.json"
+        safe = read_json_or_warn(safe_file, "the entry records no safe-improvement test") if safe_file.is_file() else None
         warm_file = ckpt / "warm_start.json"
         warm = read_json_or_warn(warm_file, "the entry records no warm start") if warm_file.is_file() else None
-        return {"kind": "agent", "row": row, "warm_start": warm, "r1": [round(float(v), 6) for v in result.r1],
-                "r1_heldout": heldout_r1(result.x0_all, result.x0_baseline_all), "heldout_scorer": heldout_scorer_id(),
+        t1 = time.perf_counter()
+        cached = self._evaluation_of_the_same_policy(safe, meta)
+        if cached is None:
+            result = evaluate_policy(self.agent, policy, self.env_kwargs(), self.n_eval, 250, self.eval_seed,
+                                     progress=False)  # fmt: skip
+            row = summarize([result])[0]
+            row["independent"] = independent_measures(result.x0_all)
+            evaluation = {"r1": [round(float(v), 6) for v in result.r1],
+                          "r1_heldout": heldout_r1(result.x0_all, result.x0_baseline_all),
+                          "heldout_scorer": heldout_scorer_id()}  # fmt: skip
+        else:
+            row, evaluation = cached
+        return {"kind": "agent", "row": row, "warm_start": warm, "safe_improvement": safe, **evaluation,
                 "train_args": dataclasses.asdict(args), "train_time_s": train_time, "train_cpu_s": train_cpu,
-                "checkpoint_reused": reused, "eval_time_s": time.perf_counter() - t1}  # fmt: skip
+                "checkpoint_reused": reused, "training_reused_from": (meta or {}).get("training_reused_from"),
+                "eval_time_s": time.perf_counter() - t1}  # fmt: skip
+
+    def _evaluation_of_the_same_policy(self, safe: dict[str, Any] | None,
+                                       meta: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]] | None:  # fmt: skip
+        """A stored evaluation of the very policy this entry deploys, on the same samples and env, or None.
+
+        Evaluation is deterministic, so where the deployed policy is a constant ``a`` of the grid (the
+        safe-improvement test kept it) the cell's current reference row ``a=<a>`` is its evaluation, and where it is
+        the learner copied from a training twin, the twin's current result is. Returns ``(row, evaluation)`` with
+        ``evaluation_reused_from`` naming the source; None where no such result is current (the entry is evaluated).
+        """
+        if safe is not None and safe.get("deployed") == "constant":
+            source = dataclasses.replace(self, agent="reference", seed=0, agent_overrides=())
+            stored = _current_result(source)
+            rows = {r["schedule"]: r for r in (stored or {}).get("rows", [])}
+            ref_row = rows.get(f"a={float(safe['constant_action']):g}")
+            if stored is None or ref_row is None or "r1" not in ref_row or "r1_heldout" not in ref_row:
+                return None
+            row = {k: v for k, v in ref_row.items() if k not in ("r1", "r1_heldout")}
+            evaluation = {"r1": ref_row["r1"], "r1_heldout": ref_row["r1_heldout"],
+                          "heldout_scorer": stored.get("heldout_scorer"), "evaluation_reused_from": source.name}  # fmt: skip
+        elif (meta or {}).get("training_reused_from") and (safe is None or safe.get("deployed") == "learner"):
+            twin = self.training_twin()
+            if twin is None or twin.name != (meta or {}).get("training_reused_from"):
+                return None
+            stored = _current_result(twin)
+            if stored is None or stored.get("kind") != "agent":
+                return None
+            row = dict(stored["row"])
+            evaluation = {**{k: stored.get(k) for k in ("r1", "r1_heldout", "heldout_scorer")},
+                          "evaluation_reused_from": twin.name}  # fmt: skip
+        else:
+            return None
+        row["schedule"] = self.agent
+        return row, evaluation
 
 
 def independent_measures(x0: np.ndarray | None) -> dict[str, float] | None:
@@ -489,7 +590,7 @@ def backfill_heldout(threat: str, t_c: int, results_dir: Path = RESULTS_DIR, fin
         RuntimeError: when an entry's r_1 is not reproduced (nothing of that entry is written).
     """
     from agents.evaluate_sigma import evaluate_policy
-    from agents.ppo_sigma import SB3SigmaPolicy
+    from agents.ppo_sigma import load_deployed
     from agents.reference import ConstantAction
 
     hid = heldout_scorer_id()
@@ -522,7 +623,7 @@ def backfill_heldout(threat: str, t_c: int, results_dir: Path = RESULTS_DIR, fin
             ckpt = entry.checkpoint_path()
             if not ckpt.is_dir():
                 raise FileNotFoundError(f"{entry.name}: no policy checkpoint at {ckpt}; rerun the entry with `run`")
-            policy = SB3SigmaPolicy.load(ckpt, rec["train_args"]["algo"])
+            policy = load_deployed(ckpt, rec["train_args"]["algo"])
             rec.update(r1_heldout=evaluate(rec["agent"], policy, entry, rec["r1"]), heldout_scorer=hid)
             atomic_write_json(path, rec)
             done.append(f"{entry.name}: filled")
@@ -636,6 +737,18 @@ def load_sigma_results(results_dir: Path = RESULTS_DIR) -> list[dict[str, Any]]:
             print(f"warning: skipping {path}: not valid JSON ({err}); rerun `python -m benchmarks.sigma_benchmark "
                   "run ...` to redo that entry", file=sys.stderr)  # fmt: skip
     return records
+
+
+def _current_result(entry: SigmaEntry) -> dict[str, Any] | None:
+    """``entry``'s stored result JSON when its fingerprint is current, else None (missing, unreadable or stale)."""
+    path = entry.result_path()
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) and record.get("fingerprint") == entry.fingerprint() else None
 
 
 def _current_entry(record: dict[str, Any]) -> SigmaEntry:
@@ -881,7 +994,7 @@ def build_report(results_dir: Path = RESULTS_DIR, docs_dir: Path = REPO_ROOT / "
                   "The reference grid steps a by 0.25; where the best constant may lie between its points, `finer` "
                   "evaluates more constants on the same samples, and agents are paired against the best of them:", ""]
         lines += finer
-    lines += _pick_risk_lines(records) + _warm_start_lines(records)
+    lines += _pick_risk_lines(records) + _warm_start_lines(records) + _safe_improvement_lines(records)
     if stale_records:
         lines += ["", "Stale entries, left out of the tables and the figure above (made on other weights or training "
                   "arguments, so not comparable with the current entries; `run` retrains and re-evaluates them); "
@@ -1020,6 +1133,40 @@ def _warm_start_lines(records: list[dict[str, Any]]) -> list[str]:
         best_text = "-" if best is None else "a=0" if best["schedule"] == "a=0" else f"{best['schedule']} ({best['mean_r1']:+.3f})"
         lines.append(f"| `{r['threat']}` | {r['t_c']} | {r['agent']} | {r['seed']} | {w['episodes_per_constant']} | "
                      f"{means} | a={w['init_action']:g} | {best_text} |")  # fmt: skip
+    return lines
+
+
+def _safe_improvement_lines(records: list[dict[str, Any]]) -> list[str]:
+    """A section on the agents with a safe-improvement test (``Args.safe_improvement``): per entry, the learner's
+    paired mean r_1 gain over its start constant on the validation episodes, the one-sided 95% lower bound and what
+    was deployed, next to what the learner alone (its training twin) scored on the evaluation samples. Empty when no
+    entry has the test.
+    """
+    safe = [r for r in records if isinstance(r.get("safe_improvement"), dict)]
+    if not safe:
+        return []
+    from agents.ppo_sigma import SAFE_IMPROVEMENT_SEED
+
+    by_name = {r.get("name"): r for r in records}
+    lines = ["", "## Safe policy improvement", "",
+             "Agents with `safe_improvement` test the trained learner against the constant it started from on "
+             f"validation episodes of their own (env seeds {SAFE_IMPROVEMENT_SEED:,} + 10,000 * seed + i, apart from the "
+             "warm start's and the evaluation's; paired) and deploy it only where the one-sided 95% Student-t lower bound "
+             "of its mean r_1 gain is above 0 (Thomas et al. 2015), else the constant. The learner is its training "
+             "twin's (same training arguments; the checkpoint is reused), so the twin's evaluation is the learner's:", "",
+             "| threat | t_c | agent | seed | episodes | learner - constant [one-sided 95% lower bound] | deployed | "
+             "evaluation r_1: deployed / learner alone |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    counts: dict[str, int] = {}
+    for r in sorted(safe, key=lambda r: (r["threat"], r["t_c"], r["agent"], r["seed"])):
+        t = r["safe_improvement"]
+        deployed = "learner" if t["deployed"] == "learner" else f"a={t['constant_action']:g}"
+        counts[f"{r['threat']}: {t['deployed']}"] = counts.get(f"{r['threat']}: {t['deployed']}", 0) + 1
+        twin = by_name.get(r.get("training_reused_from"))
+        alone = f"{twin['row']['mean_r1']:+.3f}" if twin and twin.get("kind") == "agent" else "-"
+        lines.append(f"| `{r['threat']}` | {r['t_c']} | {r['agent']} | {r['seed']} | {t['episodes']} | "
+                     f"{t['mean_gain']:+.4f} [{t['lower_bound_95']:+.4f}] | {deployed} | {r['row']['mean_r1']:+.3f} / "
+                     f"{alone} |")  # fmt: skip
+    lines += ["", "Deployed: " + "; ".join(f"{k} {v}" for k, v in sorted(counts.items())) + "."]
     return lines
 
 

@@ -406,3 +406,62 @@ def test_learner_observing_quality_trains_and_evaluates_on_the_same_episodes(env
         with pytest.raises(KeyError, match="observe_quality=True"):
             loaded.predict({"x_t": np.zeros((1, 1, 8, 8), np.float32), "t": np.full((1, 1), 3.0, np.float32)})
     assert "observe_quality" not in args_env_kwargs(Args())
+
+
+def test_safe_improvement_deploys_the_learner_only_where_validation_shows_it_better(env_kwargs, tmp_path,
+                                                                                   monkeypatch) -> None:
+    """``safe_improvement``: learner and start constant run the same validation episodes (seeds of their own); the
+    learner is deployed only if the one-sided 95% Student-t bound of its paired r_1 gain is above 0; the choice is
+    stored, loaded back and validated."""
+    from scipy import stats
+
+    from agents.ppo_sigma import SAFE_IMPROVEMENT_SEED, Args, SB3SigmaPolicy, load_deployed, safe_improvement_test
+    from agents.ppo_sigma import train as train_sigma
+
+    kw = {k: v for k, v in env_kwargs.items() if k != "evaluator"}
+    base = dict(**kw, evaluator="piqe", warm_start=2, learning_rate=0.0, num_envs=2, total_timesteps=60, n_steps=6,
+                batch_size=6, prefix_pool=4, seed=1, progress_bar=False, tensorboard=False)  # fmt: skip
+    args = Args(**base, safe_improvement=6, out_dir=str(tmp_path / "safe"))
+    first = SAFE_IMPROVEMENT_SEED + 10_000
+    same = safe_improvement_test(args, ConstantAction(0.5), 0.5)  # a learner that is its constant gains exactly 0
+    assert same["mean_gain"] == 0.0 and same["lower_bound_95"] == 0.0 and same["deployed"] == "constant"
+    assert same["seeds"] == [first, first + 5] and same["env_steps"] == 2 * 6 * 3
+    # the decision rule, on stored r_1 per episode (the tiny random UNet barely moves Q): deployed only where the
+    # one-sided bound clears 0, not where the mean gain is positive but noisy
+    import types
+
+    import agents.evaluate_sigma as evaluate_sigma
+
+    clear = np.array([0.10, 0.12, 0.09, 0.11, 0.13, 0.10])
+    noisy = np.array([0.3, -0.2, 0.25, -0.25, 0.1, -0.1])  # mean +0.017
+    for r1, expected in ((clear, "learner"), (-clear, "constant"), (noisy, "constant")):
+        def fake(name, policy, kw, n_samples, batch_size, seed, keep, progress, _r1=r1):
+            assert n_samples == 6 and seed == first  # both policies on the same episodes
+            return types.SimpleNamespace(r1=_r1 if policy.a == 1.0 else np.zeros(6))
+
+        monkeypatch.setattr(evaluate_sigma, "evaluate_policy", fake)
+        rec = safe_improvement_test(args, ConstantAction(1.0), 0.0)
+        lower = r1.mean() - stats.t.ppf(0.95, 5) * r1.std(ddof=1) / np.sqrt(6)
+        assert rec["mean_gain"] == pytest.approx(r1.mean()) and rec["lower_bound_95"] == pytest.approx(lower)
+        assert rec["deployed"] == expected
+    monkeypatch.undo()
+
+    deployed = train_sigma(args)  # learning rate 0: the learner still plays its start; the test decides, train deploys
+    record = json.loads((tmp_path / "safe" / "safe_improvement.json").read_text())
+    start = json.loads((tmp_path / "safe" / "warm_start.json").read_text())["init_action"]
+    assert record["constant_action"] == start and record["episodes"] == 6
+    loaded = load_deployed(tmp_path / "safe")
+    if record["deployed"] == "constant":
+        assert isinstance(deployed, ConstantAction) and isinstance(loaded, ConstantAction) and loaded.a == start
+    else:
+        assert isinstance(deployed, SB3SigmaPolicy) and isinstance(loaded, SB3SigmaPolicy)
+    (tmp_path / "safe" / "safe_improvement.json").write_text('{"deployed": "constant"}')
+    with pytest.raises(ValueError, match="safe_improvement.json is unreadable"):
+        load_deployed(tmp_path / "safe")
+    (tmp_path / "safe" / "safe_improvement.json").write_text('{"deployed": "both", "constant_action": 1.0}')
+    with pytest.raises(ValueError, match="deployed must be 'learner' or 'constant'.* got 'both'"):
+        load_deployed(tmp_path / "safe")
+    with pytest.raises(ValueError, match="safe_improvement must be 0 .* got 1"):
+        Args(warm_start=2, safe_improvement=1)
+    with pytest.raises(ValueError, match="safe_improvement=8 tests the learner against the warm start's constant"):
+        Args(safe_improvement=8)

@@ -463,3 +463,58 @@ def test_constant_pick_risk_resolves_a_clear_gap_and_not_a_tie() -> None:
         sb.constant_pick_risk({"a=1": np.zeros(3), "a=0.5": np.zeros(4)}, 2)
     with pytest.raises(ValueError, match="n_episodes must be >= 1, got 0"):
         sb.constant_pick_risk(clear, 0)
+
+
+@pytest.mark.slow
+def test_safe_agent_reuses_its_twins_learner_and_an_identical_evaluation(tiny_unet_dir: Path, tmp_path: Path,
+                                                                          one_thread) -> None:  # fmt: skip
+    """``ppo_warm_hold_cap_safe`` trains as ``ppo_warm_hold_cap``: with that entry current, it copies its learner,
+    runs only the safe-improvement test, and takes the stored evaluation of the policy it deploys (the twin's, or
+    the cell's reference row of the constant), which a fresh evaluation reproduces."""
+    from agents.evaluate_sigma import evaluate_policy
+    from agents.ppo_sigma import load_deployed
+
+    common = ["--t-c", "2", "--threats", "seed", "--seeds", "0", *_args(tiny_unet_dir, tmp_path), "--set",
+              "warm_start=1", "n_steps=2", "batch_size=8"]  # fmt: skip
+    sb.main(["run", "--agents", "ppo_warm_hold_cap", *common])
+    out, ckpt = tmp_path / "results" / "seed" / "tc2", tmp_path / "ckpt" / "seed" / "tc2"
+    twin = json.loads((out / "ppo_warm_hold_cap_seed0.json").read_text())
+    assert twin["safe_improvement"] is None and twin["training_reused_from"] is None
+    sb.main(["run", "--agents", "ppo_warm_hold_cap_safe", "--no-references", *common, "safe_improvement=4"])
+    safe = json.loads((out / "ppo_warm_hold_cap_safe_seed0.json").read_text())
+    assert safe["training_reused_from"] == "seed/tc2/ppo_warm_hold_cap_seed0"
+    assert (ckpt / "ppo_warm_hold_cap_safe_seed0" / "policy.zip").read_bytes() == \
+        (ckpt / "ppo_warm_hold_cap_seed0" / "policy.zip").read_bytes()  # fmt: skip
+    test = safe["safe_improvement"]
+    assert test["episodes"] == 4 and test["constant_action"] == twin["warm_start"]["init_action"]
+    assert test["deployed"] == ("learner" if test["lower_bound_95"] > 0 else "constant")
+    if test["deployed"] == "learner":
+        assert safe["evaluation_reused_from"] == twin["name"] and safe["r1"] == twin["r1"]
+    elif test["constant_action"] > 0:
+        ref = {r["schedule"]: r for r in json.loads((out / "reference.json").read_text())["rows"]}
+        assert safe["evaluation_reused_from"] == "seed/tc2/reference"
+        assert safe["r1"] == ref[f"a={test['constant_action']:g}"]["r1"]
+    assert safe["row"]["schedule"] == "ppo_warm_hold_cap_safe"
+    entry = sb._current_entry(safe)
+    entry = dataclasses.replace(entry, results_dir=str(tmp_path / "results"), checkpoint_dir=str(tmp_path / "ckpt"))
+    fresh = evaluate_policy("check", load_deployed(entry.checkpoint_path()), entry.env_kwargs(), entry.n_eval, 250,
+                            entry.eval_seed, progress=False)  # fmt: skip
+    np.testing.assert_allclose(fresh.r1, safe["r1"], atol=1e-6)  # the reused evaluation is this policy's
+    # the learner branch: where the test deploys the learner, the twin's evaluation is taken, and it is the learner's
+    row, evaluation = entry._evaluation_of_the_same_policy({"deployed": "learner"},
+                                                           {"training_reused_from": twin["name"]})  # fmt: skip
+    assert evaluation["evaluation_reused_from"] == twin["name"] and evaluation["r1"] == twin["r1"]
+    assert row["schedule"] == "ppo_warm_hold_cap_safe" and row["mean_r1"] == twin["row"]["mean_r1"]
+    learner = evaluate_policy("check", load_deployed(ckpt / "ppo_warm_hold_cap_seed0"), entry.env_kwargs(),
+                              entry.n_eval, 250, entry.eval_seed, progress=False)  # fmt: skip
+    np.testing.assert_allclose(learner.r1, twin["r1"], atol=1e-6)
+    assert entry._evaluation_of_the_same_policy({"deployed": "learner"}, {}) is None  # trained itself: evaluated
+    before = (out / "ppo_warm_hold_cap_safe_seed0.json").read_bytes()
+    sb.main(["run", "--agents", "ppo_warm_hold_cap_safe", "--no-references", *common, "safe_improvement=4"])
+    assert (out / "ppo_warm_hold_cap_safe_seed0.json").read_bytes() == before  # done: not rerun
+    text = sb.build_report(tmp_path / "results", tmp_path / "docs").read_text()
+    deployed = "learner" if test["deployed"] == "learner" else f"a={test['constant_action']:g}"
+    assert "## Safe policy improvement" in text
+    assert (f"| `seed` | 2 | ppo_warm_hold_cap_safe | 0 | 4 | {test['mean_gain']:+.4f} [{test['lower_bound_95']:+.4f}] | "
+            f"{deployed} | {safe['row']['mean_r1']:+.3f} / {twin['row']['mean_r1']:+.3f} |") in text
+    assert f"Deployed: seed: {test['deployed']} 1." in text
