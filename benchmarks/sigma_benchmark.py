@@ -1321,7 +1321,10 @@ def _progress(records: list[dict[str, Any]]) -> list[str]:
     have = {(r["agent"], r["threat"], r["t_c"], r["seed"]) for r in records}
     lines = ["Training budgets: " + "; ".join(f"{a} {cfg['total_timesteps']:,} env steps"
                                               + (f" (its first {cfg['warm_start']} episodes per constant pick the start)"
-                                                 if cfg.get("warm_start") else "") for a, cfg in AGENTS.items())
+                                                 if cfg.get("warm_start") else "")
+                                              + (f", then 2 x {cfg['safe_improvement']} validation episodes (safe "
+                                                 "improvement; not counted in the budget)"
+                                                 if cfg.get("safe_improvement") else "") for a, cfg in AGENTS.items())
              + " (16 envs, `agents.ppo_sigma` defaults otherwise); evaluation: 500 samples per schedule.", "",
              "| entry | done / grid | mean train s | mean eval s | hardware |", "|---|---|---|---|---|"]  # fmt: skip
     kinds = [("reference", tuple(sorted({t for v in FULL_GRID.values() for t in v})), (0,))]
