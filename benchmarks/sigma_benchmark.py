@@ -392,11 +392,15 @@ class SigmaEntry:
             try:
                 meta = {}
                 twin = self.training_twin()
+                twin_json = twin.checkpoint_path() / "train.json" if twin else None
+                twin_meta = read_json_or_warn(twin_json, "the agent is trained again") if twin_json and twin_json.is_file() else None
+                if not isinstance(twin_meta, dict) or not {"train_time_s", "train_cpu_s"} <= set(twin_meta):
+                    twin = None  # a twin whose train.json is unreadable is not reused
                 if twin is None:
                     policy = train(dataclasses.replace(args, out_dir=str(tmp)))
                     train_time, train_cpu = time.perf_counter() - t0, time.process_time() - c0
                 else:  # the twin's learner is this entry's: copy it, then run only the post-training step
-                    twin_meta = json.loads((twin.checkpoint_path() / "train.json").read_text())
+                    assert isinstance(twin_meta, dict)
                     for f in twin.checkpoint_path().iterdir():
                         if f.is_file() and f.name not in ("fingerprint.txt", "train.json", "safe_improvement.json"):
                             shutil.copy2(f, tmp / f.name)

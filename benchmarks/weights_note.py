@@ -11,6 +11,7 @@ builds that note from the stored ids.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 #: earlier weights of the embedded UNet, by id: what a reader needs to place them
 PREVIOUS_EMBEDDED = {"sha256:9d0b0ad7adf86139": "the 976-step weights the embedded UNet had before its retrain of 2026-12-01"}
@@ -20,8 +21,9 @@ PREVIOUS_EMBEDDED = {"sha256:9d0b0ad7adf86139": "the 976-step weights the embedd
 UNRECORDED = "not recorded (stored before results carried it, so before the retrain of 2026-12-01: the 976-step weights)"
 
 
+@lru_cache(maxsize=1)
 def current_embedded_weights() -> str:
-    """The embedded UNet's weights id now (``"sha256:<16 hex>"``)."""
+    """The embedded UNet's weights id now (``"sha256:<16 hex>"``; hashed once per process, as a page asks per row)."""
     from robust_envs.diffusion.models import model_weights_id
 
     return model_weights_id("embedded")

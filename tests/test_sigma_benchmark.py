@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -518,3 +519,10 @@ def test_safe_agent_reuses_its_twins_learner_and_an_identical_evaluation(tiny_un
     assert (f"| `seed` | 2 | ppo_warm_hold_cap_safe | 0 | 4 | {test['mean_gain']:+.4f} [{test['lower_bound_95']:+.4f}] | "
             f"{deployed} | {safe['row']['mean_r1']:+.3f} / {twin['row']['mean_r1']:+.3f} |") in text
     assert f"Deployed: seed: {test['deployed']} 1." in text
+    # a twin whose train.json is corrupt is not reused: the entry trains its own learner
+    (ckpt / "ppo_warm_hold_cap_seed0" / "train.json").write_text('{"train_time_s": ')
+    (out / "ppo_warm_hold_cap_safe_seed0.json").unlink()
+    shutil.rmtree(ckpt / "ppo_warm_hold_cap_safe_seed0")
+    sb.main(["run", "--agents", "ppo_warm_hold_cap_safe", "--no-references", *common, "safe_improvement=4"])
+    again = json.loads((out / "ppo_warm_hold_cap_safe_seed0.json").read_text())
+    assert again["training_reused_from"] is None and again["safe_improvement"]["episodes"] == 4
