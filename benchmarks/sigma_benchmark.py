@@ -1170,7 +1170,8 @@ def _safe_improvement_lines(records: list[dict[str, Any]]) -> list[str]:
     for r in sorted(safe, key=lambda r: (r["threat"], r["t_c"], r["agent"], r["seed"])):
         t = r["safe_improvement"]
         deployed = "learner" if t["deployed"] == "learner" else f"a={t['constant_action']:g}"
-        counts[f"{r['threat']}: {t['deployed']}"] = counts.get(f"{r['threat']}: {t['deployed']}", 0) + 1
+        key = f"{r['agent']}, {r['threat']}: {t['deployed']}"
+        counts[key] = counts.get(key, 0) + 1
         twin = by_name.get(r.get("training_reused_from"))
         alone = f"{twin['row']['mean_r1']:+.3f}" if twin and twin.get("kind") == "agent" else "-"
         lines.append(f"| `{r['threat']}` | {r['t_c']} | {r['agent']} | {r['seed']} | {t['episodes']} | "

@@ -518,7 +518,7 @@ def test_safe_agent_reuses_its_twins_learner_and_an_identical_evaluation(tiny_un
     assert "## Safe policy improvement" in text
     assert (f"| `seed` | 2 | ppo_warm_hold_cap_safe | 0 | 4 | {test['mean_gain']:+.4f} [{test['lower_bound_95']:+.4f}] | "
             f"{deployed} | {safe['row']['mean_r1']:+.3f} / {twin['row']['mean_r1']:+.3f} |") in text
-    assert f"Deployed: seed: {test['deployed']} 1." in text
+    assert f"Deployed: ppo_warm_hold_cap_safe, seed: {test['deployed']} 1." in text
     # a twin whose train.json is corrupt is not reused: the entry trains its own learner
     (ckpt / "ppo_warm_hold_cap_seed0" / "train.json").write_text('{"train_time_s": ')
     (out / "ppo_warm_hold_cap_safe_seed0.json").unlink()
