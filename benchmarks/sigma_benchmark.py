@@ -145,7 +145,7 @@ AGENTS: dict[str, dict[str, Any]] = {
                                "hold_action": True, "n_steps": 8, "batch_size": 32, "edge_margin": 1.0,
                                "edge_margin_side": "upper", "safe_improvement": 128},
     # ppo_warm_hold_cap_safe with 4x the validation episodes: at 128 the one-sided bound does not resolve the
-    # learner's 0.02-0.05 r_1 gains under `shift` at t_c 10-20 (its standard error there is about 0.015), so the
+    # learner's 0.02-0.05 r_1 gains under `shift` at t_c 10-20 (standard errors 0.014-0.024 in those tests), so the
     # learner's `beats` became `matches`; 512 halves the standard error. Same learner (the runner reuses it)
     "ppo_warm_hold_cap_safe512": {"algo": "ppo", "total_timesteps": 32768, "gamma": 1.0, "warm_start": 32,
                                   "hold_action": True, "n_steps": 8, "batch_size": 32, "edge_margin": 1.0,
